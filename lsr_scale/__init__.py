@@ -1,0 +1,34 @@
+"""lsr_scale: matrix-free Linearized Subspace Refinement of trained neural networks.
+
+A trained network q(theta, x) with residual f(theta) is linearized at theta0 and the
+least-squares problem min ||G0 delta + f0|| is solved through Jacobian-vector products only
+(Cao & Zhang, arXiv 2601.13989, made matrix-free). See ``docs/`` for the user guide.
+"""
+
+from . import precond, sketch, testing
+from ._kernels import show_config
+from .operators import JacobianOperator, LinearOperator, aslinearoperator
+from .randomized import randomized_range_finder, randomized_svd
+from .refine import RefinedModel, refine
+from .solvers import SolverResult, StopReason, lsmr, lsqr
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LinearOperator",
+    "aslinearoperator",
+    "JacobianOperator",
+    "lsmr",
+    "lsqr",
+    "SolverResult",
+    "StopReason",
+    "randomized_range_finder",
+    "randomized_svd",
+    "refine",
+    "RefinedModel",
+    "show_config",
+    "sketch",
+    "precond",
+    "testing",
+    "__version__",
+]

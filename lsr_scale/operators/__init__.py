@@ -1,0 +1,21 @@
+"""Linear operators: the matrix-free objects every solver in lsr_scale acts on."""
+
+from ._base import (
+    DiagonalOperator,
+    IdentityOperator,
+    LinearOperator,
+    MatrixOperator,
+    aslinearoperator,
+)
+from ._jacobian import JacobianOperator, flatten_params, unflatten_params
+
+__all__ = [
+    "LinearOperator",
+    "aslinearoperator",
+    "MatrixOperator",
+    "IdentityOperator",
+    "DiagonalOperator",
+    "JacobianOperator",
+    "flatten_params",
+    "unflatten_params",
+]

@@ -1,0 +1,7 @@
+"""Refinement (PLACEHOLDER)."""
+
+RefinedModel = None
+
+
+def refine(*a, **k):
+    raise NotImplementedError

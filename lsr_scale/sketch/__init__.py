@@ -1,0 +1,1 @@
+"""Sketching operators (PLACEHOLDER)."""

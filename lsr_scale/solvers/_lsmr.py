@@ -1,0 +1,5 @@
+"""PLACEHOLDER."""
+
+
+def lsmr(*a, **k):
+    raise NotImplementedError

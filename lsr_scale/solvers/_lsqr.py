@@ -1,0 +1,5 @@
+"""PLACEHOLDER."""
+
+
+def lsqr(*a, **k):
+    raise NotImplementedError

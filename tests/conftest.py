@@ -1,0 +1,51 @@
+"""Shared fixtures: devices, dtypes, tolerances and a seeded generator whose seed shows."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Two cores in CI: keep torch from oversubscribing them.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+# Relative tolerances for solution comparisons, by dtype.
+RTOL = {torch.float64: 1e-8, torch.float32: 1e-4}
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return torch.device(request.param)
+
+
+@pytest.fixture(params=[torch.float64, torch.float32], ids=["f64", "f32"])
+def dtype(request):
+    return request.param
+
+
+@pytest.fixture
+def rtol(dtype):
+    return RTOL[dtype]
+
+
+@pytest.fixture(params=[0])
+def seed(request):
+    return request.param
+
+
+@pytest.fixture
+def generator(seed):
+    """A CPU torch.Generator seeded with ``seed`` (shown in the test id on failure)."""
+    return torch.Generator().manual_seed(seed)
