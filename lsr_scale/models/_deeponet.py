@@ -1,0 +1,140 @@
+"""DeepONet: branch and trunk networks joined by a dot-product head (Lu et al. 2021)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["DeepONet", "make_activation", "plain_mlp"]
+
+_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+def make_activation(activation) -> nn.Module:
+    """``"tanh" | "relu" | "gelu" | "silu"`` or an ``nn.Module`` -> a fresh module."""
+    if isinstance(activation, nn.Module):
+        return activation
+    if activation not in _ACTIVATIONS:
+        raise ValueError(
+            f"activation: expected one of {sorted(_ACTIVATIONS)} or an nn.Module, "
+            f"got {activation!r}"
+        )
+    return _ACTIVATIONS[activation]()
+
+
+def _check_widths(widths, name: str) -> list[int]:
+    widths = [int(w) for w in widths]
+    if len(widths) < 2 or any(w < 1 for w in widths):
+        raise ValueError(f"{name}: expected at least two positive widths, got {widths!r}")
+    return widths
+
+
+def plain_mlp(widths: Sequence[int], activation="tanh", last_activation: bool = False):
+    """``nn.Sequential`` of Linear layers with ``activation`` between them.
+
+    ``last_activation=True`` also applies the activation after the last layer (DeepONet
+    branch and trunk nets do, following Lu et al. 2021 and Wang et al. 2021).
+    """
+    widths = _check_widths(widths, "widths")
+    layers: list[nn.Module] = []
+    for i in range(len(widths) - 1):
+        layers.append(nn.Linear(widths[i], widths[i + 1]))
+        if i < len(widths) - 2 or last_activation:
+            layers.append(make_activation(activation))
+    return nn.Sequential(*layers)
+
+
+class DeepONet(nn.Module):
+    """Unstacked DeepONet ``G(u)(y) = sum_k b_k(u) t_k(y) + b0``.
+
+    Parameters
+    ----------
+    branch_widths : sequence of int
+        Widths of the branch net, input first: ``[m_sensors, 128, 128, 128, 128]``.
+    trunk_widths : sequence of int
+        Widths of the trunk net, input first: ``[d, 128, 128, 128, 128]``. The last width of
+        both nets is the latent dimension ``p`` and must agree.
+    activation : str or nn.Module
+        Activation of both nets (``"tanh"`` by default).
+    arch : {"mlp", "modified"}
+        ``"modified"`` uses :class:`ModifiedMLP` for branch and trunk, as physics-informed
+        DeepONets do (Wang, Wang & Perdikaris 2021).
+    trunk_last_activation : bool
+        Apply the activation after the trunk's last layer too (default True).
+
+    Notes
+    -----
+    **Row convention.** ``forward(u, y)`` takes *aligned* rows: ``u`` is ``(N, m_sensors)`` and
+    ``y`` is ``(N, d)``; row ``i`` is the operator's value at point ``y[i]`` for input function
+    ``u[i]``. The output is ``(N, 1)``, so ``JacobianOperator.from_module(net, (u, y), s)``
+    with targets ``s`` of shape ``(N, 1)`` has one residual row per (function, point) pair,
+    exactly as the supervised DeepONet loss does. ``u`` with a single row (``(1, m)``) is
+    broadcast against all points of ``y``. :meth:`grid` evaluates the Cartesian product
+    ``(B, P)`` without repeating the branch input, for evaluation.
+
+    References
+    ----------
+    Lu, Jin, Pang, Zhang & Karniadakis, "Learning nonlinear operators via DeepONet", Nature
+    Machine Intelligence 3 (2021).
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = DeepONet([5, 16, 16], [1, 16, 16])
+    >>> net(torch.randn(7, 5), torch.rand(7, 1)).shape
+    torch.Size([7, 1])
+    >>> net.grid(torch.randn(3, 5), torch.rand(11, 1)).shape
+    torch.Size([3, 11])
+    """
+
+    def __init__(
+        self,
+        branch_widths: Sequence[int],
+        trunk_widths: Sequence[int],
+        activation="tanh",
+        *,
+        arch: str = "mlp",
+        trunk_last_activation: bool = True,
+    ) -> None:
+        super().__init__()
+        branch_widths = _check_widths(branch_widths, "branch_widths")
+        trunk_widths = _check_widths(trunk_widths, "trunk_widths")
+        if branch_widths[-1] != trunk_widths[-1]:
+            raise ValueError(
+                "branch_widths/trunk_widths: expected the same latent width, got "
+                f"{branch_widths[-1]} and {trunk_widths[-1]}"
+            )
+        if arch == "mlp":
+            self.branch = plain_mlp(branch_widths, activation)
+            self.trunk = plain_mlp(trunk_widths, activation, last_activation=trunk_last_activation)
+        elif arch == "modified":
+            from ._modified_mlp import ModifiedMLP
+
+            self.branch = ModifiedMLP(branch_widths, activation)
+            self.trunk = ModifiedMLP(trunk_widths, activation)
+        else:
+            raise ValueError(f"arch: expected 'mlp' or 'modified', got {arch!r}")
+        self.bias = nn.Parameter(torch.zeros(()))
+        self.branch_widths = branch_widths
+        self.trunk_widths = trunk_widths
+        self.arch = arch
+
+    def forward(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if u.dim() != 2 or y.dim() != 2:
+            raise ValueError(
+                f"u, y: expected 2-D tensors (N, m_sensors) and (N, d), got shapes "
+                f"{tuple(u.shape)} and {tuple(y.shape)}"
+            )
+        if u.shape[0] not in (1, y.shape[0]):
+            raise ValueError(
+                f"u: expected {y.shape[0]} rows (aligned with y) or 1 (broadcast), got {u.shape[0]}"
+            )
+        b = self.branch(u)
+        t = self.trunk(y)
+        return (b * t).sum(-1, keepdim=True) + self.bias
+
+    def grid(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``(B, m) x (P, d) -> (B, P)``: every input function at every point."""
+        return self.branch(u) @ self.trunk(y).T + self.bias
