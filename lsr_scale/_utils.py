@@ -75,6 +75,17 @@ def _read_vmhwm() -> int | None:
     return None
 
 
+def _read_vmrss() -> int:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return 0
+
+
 def _reset_vmhwm() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as fh:
@@ -90,6 +101,7 @@ class PeakMemory:
     On CUDA devices this is ``torch.cuda.max_memory_allocated`` (tensor memory, reset on
     entry). On the CPU it is the process's peak resident set size (``VmHWM``), reset on entry
     through ``/proc/self/clear_refs`` where Linux allows it; ``kind`` says which was measured.
+    ``increment_bytes`` is the peak minus what was in use on entry (what the block added).
 
     >>> with PeakMemory("cpu") as pm:
     ...     _ = torch.zeros(1000)
@@ -100,15 +112,22 @@ class PeakMemory:
     def __init__(self, device="cpu") -> None:
         self.device = torch.device(device)
         self.peak_bytes = 0
+        self.start_bytes = 0
         self.kind = ""
+
+    @property
+    def increment_bytes(self) -> int:
+        return max(0, self.peak_bytes - self.start_bytes)
 
     def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_bytes = int(torch.cuda.memory_allocated(self.device))
             self.kind = "cuda_max_allocated"
         else:
             self.kind = "cpu_peak_rss" if _reset_vmhwm() else "cpu_peak_rss_since_start"
+            self.start_bytes = _read_vmrss()
         return self
 
     def __exit__(self, *exc):
