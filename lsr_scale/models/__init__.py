@@ -3,6 +3,8 @@
 LSR itself is architecture-agnostic: any ``torch.nn.Module`` works.
 """
 
+from ._deeponet import DeepONet
 from ._mlp import MLP
+from ._modified_mlp import ModifiedMLP
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "DeepONet", "ModifiedMLP"]
