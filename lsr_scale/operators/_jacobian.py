@@ -310,7 +310,7 @@ class JacobianOperator(LinearOperator):
         else:
             try:
                 self._setup_forward(probe=(jvp == "auto"))
-            except (_NoFallbackError, _LinearizeError):
+            except (_NoFallbackError, _LinearizeError, torch.cuda.OutOfMemoryError):
                 raise
             except Exception as err_forward:
                 if jvp == "forward":
