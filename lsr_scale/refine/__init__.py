@@ -1,7 +1,6 @@
-"""Refinement (PLACEHOLDER)."""
+"""Refinement: one-shot subspace LSR and matrix-free Krylov LSR of trained networks."""
 
-RefinedModel = None
+from ._model import RefinedModel
+from ._refine import default_rank, refine, solve_reduced
 
-
-def refine(*a, **k):
-    raise NotImplementedError
+__all__ = ["refine", "RefinedModel", "solve_reduced", "default_rank"]

@@ -1,0 +1,215 @@
+"""The refined model: a linear predictor around the trained weights."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from ..operators import unflatten_params
+from ..operators._jacobian import module_jvp
+
+__all__ = ["RefinedModel"]
+
+_FORMAT = "lsr_scale.RefinedModel"
+_VERSION = 1
+
+
+def _as_tuple(inputs):
+    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+
+
+def _param_signature(model: torch.nn.Module) -> dict[str, tuple]:
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+class RefinedModel:
+    """The result of :func:`lsr_scale.refine`.
+
+    Calling it evaluates the *linear predictor*
+
+        q_lin(x) = q(theta0, x) + J_q(x) delta,
+
+    with one JVP per batch of new inputs. This is what LSR refines, and it is usually far
+    more accurate than the network at ``theta0 + delta`` (see :meth:`to_network`).
+
+    Attributes
+    ----------
+    delta : torch.Tensor
+        The flat parameter update, ordered as :attr:`param_names`.
+    delta_dict : dict
+        The update as a name -> tensor dict.
+    info : dict
+        Wall time per phase (``times``), ``peak_mem_bytes``, ``rank``, the solver result and
+        the preconditioner used. See :func:`lsr_scale.refine`.
+    model : torch.nn.Module
+        The network that was refined (never modified). When ``refine`` ran in another
+        dtype, this is a private converted copy.
+    """
+
+    def __init__(self, model, param_names, delta, info: dict):
+        # ``model`` is a private copy holding theta0 (parameters and buffers) at the
+        # linearization point; the user's network is never referenced or modified.
+        self.model = model
+        self.param_names = list(param_names)  # the refined subset, in delta's order
+        self.delta = delta
+        self.info = info
+
+    @property
+    def theta0(self) -> dict[str, torch.Tensor]:
+        """The parameters at the linearization point (all of them, by name)."""
+        return {k: v.detach() for k, v in self.model.named_parameters()}
+
+    # ------------------------------------------------------------------ views
+    @property
+    def delta_dict(self) -> dict[str, torch.Tensor]:
+        like = {n: self.theta0[n] for n in self.param_names}
+        return unflatten_params(self.delta, like)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.delta.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.delta.device
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, inputs, *, batch_size: int | None = 4096) -> torch.Tensor:
+        """Evaluate the linear predictor on model inputs (a tensor or a tuple of tensors).
+
+        Inputs are split along their first dimension into batches of ``batch_size`` rows
+        (None: one batch). They must already have the refined model's dtype and device.
+        """
+        inputs = _as_tuple(inputs)
+        for i, x in enumerate(inputs):
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"inputs[{i}]: expected a torch.Tensor, got {type(x).__name__}")
+            if x.is_floating_point() and x.dtype != self.dtype:
+                raise TypeError(
+                    f"inputs[{i}]: expected dtype {self.dtype} (the refined model's), got {x.dtype}"
+                )
+            if x.device != self.device:
+                raise ValueError(f"inputs[{i}]: expected device {self.device}, got {x.device}")
+        n = inputs[0].shape[0]
+        if any(x.shape[0] != n for x in inputs):
+            raise ValueError(
+                "inputs: expected one leading (row) dimension, got shapes "
+                f"{[tuple(x.shape) for x in inputs]}"
+            )
+        tangents = self.delta_dict
+        step = n if not batch_size else int(batch_size)
+        outs = []
+        for start in range(0, max(n, 1), max(step, 1)):
+            chunk = tuple(x[start : start + step] for x in inputs)
+            with torch.no_grad():
+                out, dout = module_jvp(self.model, chunk, tangents)
+            outs.append(out + dout)
+        return torch.cat(outs, dim=0)
+
+    __call__ = predict
+
+    def to_network(self) -> torch.nn.Module:
+        """A deep copy of the network with parameters ``theta0 + delta``.
+
+        This is *not* the linear predictor and is usually less accurate than it; offered
+        for deployment where a plain network is required.
+        """
+        net = copy.deepcopy(self.model)
+        delta = self.delta_dict
+        with torch.no_grad():
+            for name, p in net.named_parameters():
+                if name in delta:
+                    p.add_(delta[name])
+        return net
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> None:
+        """Save theta0, delta and metadata (not the architecture) with ``torch.save``."""
+        payload = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "model_class": type(self.model).__qualname__,
+            "signature": _param_signature(self.model),
+            "param_names": list(self.param_names),
+            "theta0": {k: v.detach().cpu() for k, v in self.model.named_parameters()},
+            "buffers": {k: v.detach().cpu() for k, v in self.model.named_buffers()},
+            "delta": self.delta.detach().cpu(),
+            "info": _jsonable(self.info),
+        }
+        torch.save(payload, Path(path))
+
+    @classmethod
+    def load(cls, path, model: torch.nn.Module, *, map_location=None) -> RefinedModel:
+        """Load a refined model saved by :meth:`save` for an architecture-matching ``model``.
+
+        The predictor uses the saved ``theta0`` and buffers: ``model`` only supplies the
+        architecture, and is copied (converted to the saved dtype), never modified.
+
+        Raises
+        ------
+        ValueError
+            If the file is not a saved RefinedModel, or ``model``'s parameter names or
+            shapes differ from the saved ones.
+        """
+        payload = torch.load(Path(path), map_location=map_location or "cpu", weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+            raise ValueError(f"{path}: expected a file written by RefinedModel.save")
+        sig = _param_signature(model)
+        saved = {k: tuple(v) for k, v in payload["signature"].items()}
+        if sig != saved:
+            missing = sorted(set(saved) - set(sig))
+            extra = sorted(set(sig) - set(saved))
+            shape = sorted(k for k in set(sig) & set(saved) if sig[k] != saved[k])
+            raise ValueError(
+                f"model: expected the architecture the refined model was saved with "
+                f"({payload['model_class']}, {len(saved)} parameter tensors), got "
+                f"{type(model).__qualname__} with missing {missing[:5]}, unexpected "
+                f"{extra[:5]}, different shapes "
+                f"{[(k, saved[k], sig[k]) for k in shape[:5]]}"
+            )
+        delta = payload["delta"]
+        dev = torch.device(map_location) if map_location is not None else _module_device(model)
+        work = copy.deepcopy(model).to(dtype=delta.dtype, device=dev)
+        with torch.no_grad():
+            for k, v in work.named_parameters():
+                v.copy_(payload["theta0"][k])
+            for k, v in work.named_buffers():
+                if k in payload["buffers"]:
+                    v.copy_(payload["buffers"][k])
+        return cls(work, payload["param_names"], delta.to(dev), payload["info"])
+
+    def __repr__(self) -> str:
+        return (
+            f"<RefinedModel method={self.info.get('method')} rank={self.info.get('rank')} "
+            f"params={self.delta.numel()} dtype={self.dtype} device={self.device}>"
+        )
+
+
+def _module_device(model: torch.nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _jsonable(obj):
+    """Keep what ``torch.load(weights_only=True)`` can read back: plain types and tensors."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, (str, bool)) or obj is None:
+        return obj
+    if isinstance(obj, int):
+        return int(obj)  # IntEnum -> int
+    if isinstance(obj, float):
+        return float(obj)
+    if hasattr(obj, "__dataclass_fields__"):
+        return {
+            k: _jsonable(getattr(obj, k))
+            for k in obj.__dataclass_fields__
+            if k != "x"  # the solution is delta, stored separately
+        }
+    return repr(obj)
