@@ -7,7 +7,7 @@ from ._base import (
     MatrixOperator,
     aslinearoperator,
 )
-from ._jacobian import JacobianOperator, flatten_params, unflatten_params
+from ._jacobian import JacobianOperator, flatten_params, module_jvp, unflatten_params
 
 __all__ = [
     "LinearOperator",
@@ -18,4 +18,5 @@ __all__ = [
     "JacobianOperator",
     "flatten_params",
     "unflatten_params",
+    "module_jvp",
 ]

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..operators import unflatten_params
-from ..operators._jacobian import module_jvp
+from ..operators import module_jvp, unflatten_params
 
 __all__ = ["RefinedModel"]
 
