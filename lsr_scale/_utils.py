@@ -158,7 +158,14 @@ def resolve_device(device) -> torch.device:
     """``"auto"``/None -> cuda when available, else cpu; otherwise ``torch.device(device)``."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: expected an available device, got {device!r} (no CUDA GPU)")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda[:i]', got {device!r}") from err
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index or 0) >= count:
+            raise ValueError(
+                f"device: expected an available device, got {device!r} ({count} CUDA GPUs)"
+            )
     return dev
