@@ -1,0 +1,250 @@
+"""Setup shared by :func:`lsmr` and :func:`lsqr`: argument checks, ``b``/``x0`` handling,
+preconditioner and damping wrapping, and the branch-free scalar helpers both recurrences use.
+
+Everything a Krylov iteration touches per step stays on the operator's device: the helpers
+here work on 0-d tensors and never read a value back to the host.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Real
+
+import torch
+
+from .._checks import _same_device, check_nonnegative_int, check_tolerance, describe
+from ..operators import LinearOperator, aslinearoperator
+
+__all__ = ["Problem", "prepare", "sym_ortho", "safe_div", "stop_code", "finish"]
+
+
+# ---------------------------------------------------------------------------- scalar helpers
+def safe_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a / b`` elementwise, with 0 where ``b == 0`` (no host sync, no inf/nan)."""
+    nz = b != 0
+    return torch.where(nz, a / torch.where(nz, b, torch.ones_like(b)), torch.zeros_like(a))
+
+
+def sym_ortho(a: torch.Tensor, b: torch.Tensor):
+    """Givens rotation ``(c, s, r)`` with ``[c s; -s c] [a; b] = [r; 0]``, ``r = hypot(a, b)``.
+
+    Branch-free: ``c = a / r``, ``s = b / r`` and ``c = s = r = 0`` when ``a = b = 0`` (the
+    sign convention of Paige-Saunders' ``sym_ortho``: ``r >= 0``).
+    """
+    r = torch.hypot(a, b)
+    rs = torch.where(r == 0, torch.ones_like(r), r)
+    return a / rs, b / rs, r
+
+
+def stop_code(itn, maxiter, test1, rtol, test2, atol, test3, ctol, t1) -> torch.Tensor:
+    """scipy's istop for one iteration as a 0-d int64 tensor (0: keep going).
+
+    Later tests override earlier ones, so the precedence is 1 > 2 > 3 > 4 > 5 > 6 > 7.
+    """
+    dev = test1.device
+    code = torch.tensor(7 if itn >= maxiter else 0, dtype=torch.int64, device=dev)
+    one = 1.0
+    for value, cond in (
+        (6, one + test3 <= one),
+        (5, one + test2 <= one),
+        (4, one + t1 <= one),
+        (3, test3 <= ctol),
+        (2, test2 <= atol),
+        (1, test1 <= rtol),
+    ):
+        code = torch.where(cond, torch.full_like(code, value), code)
+    return code
+
+
+# ---------------------------------------------------------------------------- operators
+class _DampedStack(LinearOperator):
+    """``[A; damp I]`` (shape ``(m + n, n)``), used to keep ``damp`` on ``x`` under ``M``."""
+
+    def __init__(self, A: LinearOperator, damp: float) -> None:
+        m, n = A.shape
+        super().__init__((m + n, n), A.dtype, A.device)
+        self.A, self.damp, self._m = A, float(damp), m
+
+    def _matvec(self, x):
+        return torch.cat([self.A.matvec(x), self.damp * x])
+
+    def _rmatvec(self, y):
+        return self.A.rmatvec(y[: self._m]) + self.damp * y[self._m :]
+
+    def _matmat(self, X):
+        return torch.cat([self.A.matmat(X), self.damp * X])
+
+    def _rmatmat(self, Y):
+        return self.A.rmatmat(Y[: self._m]) + self.damp * Y[self._m :]
+
+
+# ---------------------------------------------------------------------------- input checks
+def _check_vector_arg(x, n: int, A: LinearOperator, name: str, what: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of shape ({n},), got {describe(x)}")
+    if x.ndim != 1 or x.shape[0] != n:
+        raise ValueError(f"{name}: expected shape ({n},) ({what}), got {tuple(x.shape)}")
+    if x.dtype != A.dtype:
+        raise TypeError(
+            f"{name}: expected dtype {A.dtype}, got {x.dtype} — convert with {name}.to(A.dtype)"
+        )
+    if not _same_device(x.device, A.device):
+        raise ValueError(
+            f"{name}: expected device {A.device}, got {x.device} — move with {name}.to(A.device)"
+        )
+    return x.detach()
+
+
+def _check_conlim(conlim) -> float:
+    if isinstance(conlim, bool) or not isinstance(conlim, Real):
+        raise TypeError(f"conlim: expected a real number, got {type(conlim).__name__}")
+    conlim = float(conlim)
+    if math.isnan(conlim) or conlim <= 0:
+        raise ValueError(f"conlim: expected a number > 0 (inf for no limit), got {conlim}")
+    return conlim
+
+
+@dataclass
+class Problem:
+    """A validated least-squares problem, reduced to ``min ||op y - u||`` (+ ``damp``)."""
+
+    A: LinearOperator  # the user's operator (counted)
+    op: LinearOperator  # what the recurrences act on: A, A M, or [A; damp I] M
+    u: torch.Tensor  # initial residual in op's output space (a fresh tensor)
+    y: torch.Tensor  # initial iterate in op's input space (a fresh tensor)
+    normb: torch.Tensor  # ||b|| as a 0-d device tensor
+    damp: float  # damp the recurrences see (0 when folded into op)
+    atol: float
+    btol: float
+    ctol: float
+    maxiter: int
+    check_every: int
+    x0: torch.Tensor | None
+    M: LinearOperator | None
+    callback: object
+    counts0: tuple[int, int]
+
+    def to_x(self, y: torch.Tensor) -> torch.Tensor:
+        """Map an iterate of the reduced problem to the solution ``x``."""
+        if self.M is None:
+            return y
+        x = self.M.matvec(y)
+        return x + self.x0 if self.x0 is not None else x
+
+    def counts(self) -> tuple[int, int]:
+        return (
+            self.A.num_matvecs - self.counts0[0],
+            self.A.num_rmatvecs - self.counts0[1],
+        )
+
+
+def prepare(
+    A, b, damp, atol, btol, conlim, maxiter, x0, M, callback, check_every, *, solver: str
+) -> Problem:
+    """Validate the arguments of ``lsmr``/``lsqr`` and build the reduced problem.
+
+    ``solver`` ("lsmr" or "lsqr") selects scipy's default ``maxiter`` rule.
+    """
+    A = aslinearoperator(A)
+    m, n = A.shape
+    b = _check_vector_arg(b, m, A, "b", "A.shape[0]")
+    damp = check_tolerance(damp, "damp")
+    atol = check_tolerance(atol, "atol")
+    btol = check_tolerance(btol, "btol")
+    conlim = _check_conlim(conlim)
+    if x0 is not None:
+        x0 = _check_vector_arg(x0, n, A, "x0", "A.shape[1]")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback: expected a callable or None, got {describe(callback)}")
+    if check_every is None:
+        check_every = 1 if A.device.type == "cpu" else 10
+    elif isinstance(check_every, bool) or not isinstance(check_every, int) or check_every <= 0:
+        raise ValueError(f"check_every: expected a positive integer or None, got {check_every!r}")
+
+    if M is not None:
+        M = aslinearoperator(M)
+        if M.shape[0] != n:
+            raise ValueError(f"M: expected shape ({n}, k) (rows = A.shape[1]), got {M.shape}")
+        if M.dtype != A.dtype:
+            raise TypeError(f"M: expected dtype {A.dtype}, got {M.dtype}")
+        if not _same_device(M.device, A.device):
+            raise ValueError(f"M: expected device {A.device}, got {M.device}")
+    ny = n if M is None else M.shape[1]
+
+    if maxiter is None:
+        # scipy's defaults: lsmr min(m, n), lsqr 2 n, with n the unknowns actually solved for.
+        maxiter = min(m, ny) if solver == "lsmr" else 2 * ny
+    else:
+        maxiter = check_nonnegative_int(maxiter, "maxiter")
+
+    counts0 = (A.num_matvecs, A.num_rmatvecs)
+    normb = torch.linalg.vector_norm(b)
+    u = b.clone() if x0 is None else b - A.matvec(x0).detach()
+
+    if M is None:
+        op, damp_eff = A, damp
+        y = x0.clone() if x0 is not None else torch.zeros(n, dtype=A.dtype, device=A.device)
+    else:
+        y = torch.zeros(ny, dtype=A.dtype, device=A.device)
+        if damp > 0:
+            # damp regularizes x (the correction x - x0 with x0), not y: fold it into the op.
+            op, damp_eff = _DampedStack(A, damp) @ M, 0.0
+            u = torch.cat([u, torch.zeros(n, dtype=A.dtype, device=A.device)])
+        else:
+            op, damp_eff = A @ M, 0.0
+
+    return Problem(
+        A=A,
+        op=op,
+        u=u,
+        y=y,
+        normb=normb,
+        damp=damp_eff,
+        atol=atol,
+        btol=btol,
+        ctol=1.0 / conlim,
+        maxiter=maxiter,
+        check_every=check_every,
+        x0=x0,
+        M=M,
+        callback=callback,
+        counts0=counts0,
+    )
+
+
+def finish(prob: Problem, y, istop, itn, normr, normar, norma, conda, normx, hist_r, hist_ar):
+    """Build the :class:`SolverResult`: one host transfer for all reported scalars."""
+    from ._result import SolverResult, StopReason
+
+    dev = prob.normb.device
+    vals = torch.stack(
+        [
+            torch.as_tensor(v, device=dev).to(torch.float64)
+            for v in (istop, itn, normr, normar, norma, conda, normx)
+        ]
+    ).tolist()
+    istop_i, itn_i = int(vals[0]), int(vals[1])
+    if hist_r:
+        history = {
+            "normr": torch.stack(hist_r)[:itn_i].cpu(),
+            "normar": torch.stack(hist_ar)[:itn_i].cpu(),
+        }
+    else:
+        empty = torch.zeros(0, dtype=prob.A.dtype)
+        history = {"normr": empty, "normar": empty.clone()}
+    x = prob.to_x(y)
+    nmv, nrmv = prob.counts()
+    return SolverResult(
+        x=x,
+        istop=StopReason(istop_i),
+        itn=itn_i,
+        normr=vals[2],
+        normar=vals[3],
+        norma=vals[4],
+        conda=vals[5],
+        normx=vals[6],
+        num_matvecs=nmv,
+        num_rmatvecs=nrmv,
+        history=history,
+    )
