@@ -42,8 +42,8 @@ def stop_code(itn, maxiter, test1, rtol, test2, atol, test3, ctol, t1) -> torch.
 
     Later tests override earlier ones, so the precedence is 1 > 2 > 3 > 4 > 5 > 6 > 7.
     """
-    dev = test1.device
-    code = torch.tensor(7 if itn >= maxiter else 0, dtype=torch.int64, device=dev)
+    # torch.full launches a fill kernel: unlike torch.tensor, no host-to-device copy.
+    code = torch.full((), 7 if itn >= maxiter else 0, dtype=torch.int64, device=test1.device)
     one = 1.0
     for value, cond in (
         (6, one + test3 <= one),

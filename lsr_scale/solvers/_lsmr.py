@@ -130,8 +130,10 @@ def _lsmr(prob) -> SolverResult:
     dev, dtype = u.device, u.dtype
     norm = torch.linalg.vector_norm
 
-    def T(v):
+    def T(v):  # constants are made once, outside the loop (torch.tensor copies host->device)
         return torch.tensor(v, dtype=dtype, device=dev)
+
+    one = T(1.0)
 
     normb = prob.normb
     beta = norm(u)
@@ -146,7 +148,7 @@ def _lsmr(prob) -> SolverResult:
     u.mul_(1.0 / beta)
     v = op.rmatvec(u).detach()
     alpha = norm(v)
-    v.mul_(safe_div(T(1.0), alpha))
+    v.mul_(safe_div(one, alpha))
     if float(alpha) == 0.0:
         normx = norm(x) if prob.M is None else T(0.0)
         return finish(prob, x, 0, 0, beta, T(0.0), alpha, T(1.0), normx, [], [])
@@ -180,10 +182,10 @@ def _lsmr(prob) -> SolverResult:
         # Golub-Kahan step: beta u = A v - alpha u, alpha v = A^T u - beta v.
         u.mul_(-alpha).add_(op.matvec(v).detach())
         beta = norm(u)
-        u.mul_(safe_div(T(1.0), beta))
+        u.mul_(safe_div(one, beta))
         v.mul_(-beta).add_(op.rmatvec(u).detach())
         alpha = norm(v)
-        v.mul_(safe_div(T(1.0), alpha))
+        v.mul_(safe_div(one, alpha))
 
         # Rotation Qhat_{k,2k+1} (damping), then Q_k turning B_k into R_k.
         chat, shat, alphahat = sym_ortho(alphabar, damp)

@@ -127,8 +127,10 @@ def _lsqr(prob) -> SolverResult:
     dev, dtype = u.device, u.dtype
     norm = torch.linalg.vector_norm
 
-    def T(v):
+    def T(v):  # constants are made once, outside the loop (torch.tensor copies host->device)
         return torch.tensor(v, dtype=dtype, device=dev)
+
+    one = T(1.0)
 
     eps = torch.finfo(dtype).eps
     normb = prob.normb
@@ -143,7 +145,7 @@ def _lsqr(prob) -> SolverResult:
     u.mul_(1.0 / beta)
     v = op.rmatvec(u).detach()
     alfa = norm(v)
-    v.mul_(safe_div(T(1.0), alfa))
+    v.mul_(safe_div(one, alfa))
     if float(alfa) == 0.0:
         return finish(prob, x, 0, 0, beta, zero, zero, zero, zero, [], [])
 
@@ -167,13 +169,13 @@ def _lsqr(prob) -> SolverResult:
         # Golub-Kahan step: beta u = A v - alfa u, alfa v = A^T u - beta v.
         u.mul_(-alfa).add_(op.matvec(v).detach())
         beta = norm(u)
-        u.mul_(safe_div(T(1.0), beta))
+        u.mul_(safe_div(one, beta))
         anorm = torch.where(
             beta > 0, torch.sqrt(anorm * anorm + alfa * alfa + beta * beta + dampsq), anorm
         )
         v.mul_(-beta).add_(op.rmatvec(u).detach())
         alfa = norm(v)
-        v.mul_(safe_div(T(1.0), alfa))
+        v.mul_(safe_div(one, alfa))
 
         # Eliminate the damping, then the subdiagonal beta.
         if damp > 0:
