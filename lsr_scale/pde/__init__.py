@@ -9,6 +9,7 @@ MLPs. :func:`stack_residuals` joins PDE, boundary and initial blocks with the we
 """
 
 from ._derivatives import (
+    directional_derivative,
     gradient,
     hessian,
     laplacian,
