@@ -31,6 +31,7 @@ __all__ = [
     "hessian",
     "laplacian",
     "value_and_laplacian",
+    "directional_derivative",
     "forward_laplacian",
     "supports_forward_laplacian",
     "ResidualBlock",

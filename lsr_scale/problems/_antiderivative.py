@@ -25,7 +25,7 @@ __all__ = ["AntiderivativeProblem"]
 
 
 def _interp(xf: torch.Tensor, sf: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Piecewise-linear interpolation of ``sf`` (``(..., F)`` on the uniform grid ``xf``) at ``y``."""
+    """Piecewise-linear interpolation of ``sf`` (``(..., F)`` on the grid ``xf``) at ``y``."""
     n = xf.shape[0] - 1
     t = (y.clamp(0, 1) * n).reshape(-1)
     i = t.floor().long().clamp(max=n - 1)
