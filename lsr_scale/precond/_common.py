@@ -1,0 +1,160 @@
+"""Shared pieces of the preconditioners: build bookkeeping, low-rank operators, column blocks."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import torch
+
+from .. import _kernels
+from .._checks import describe
+from ..operators import LinearOperator, aslinearoperator
+
+__all__ = ["Preconditioner", "LowRankOperator", "column_blocks", "as_operator"]
+
+
+def as_operator(A) -> LinearOperator:
+    """``aslinearoperator`` with a boundary-style error message."""
+    try:
+        return aslinearoperator(A)
+    except TypeError:
+        raise TypeError(
+            "A: expected a LinearOperator, tensor, numpy array or scipy operator, "
+            f"got {describe(A)}"
+        ) from None
+
+
+class Preconditioner(LinearOperator):
+    """Base of the preconditioners: a square operator plus what its build cost.
+
+    Attributes
+    ----------
+    build_time : float
+        Wall time of the build in seconds (CUDA synchronized).
+    build_matvecs, build_rmatvecs : int
+        Products with ``A`` (JVPs and VJPs for a Jacobian) the build used.
+    name : str
+        Short name (``"nystrom"``, ``"sketch"``, ``"jacobi"``).
+    """
+
+    name = "preconditioner"
+
+    def __init__(self, m: int, dtype, device) -> None:
+        super().__init__((m, m), dtype, device)
+        self.build_time = 0.0
+        self.build_matvecs = 0
+        self.build_rmatvecs = 0
+
+    @contextmanager
+    def _recording(self, A: LinearOperator):
+        """Record the wall time and the products with ``A`` made inside the block."""
+        mv0, rmv0 = A.num_matvecs, A.num_rmatvecs
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.build_time += time.perf_counter() - t0
+            self.build_matvecs += A.num_matvecs - mv0
+            self.build_rmatvecs += A.num_rmatvecs - rmv0
+
+    @property
+    def build_products(self) -> int:
+        """``build_matvecs + build_rmatvecs``."""
+        return self.build_matvecs + self.build_rmatvecs
+
+    def info(self) -> dict:
+        """A JSON-friendly summary of the build (for ``refined.info`` and benchmarks)."""
+        return {
+            "name": self.name,
+            "build_time": self.build_time,
+            "build_matvecs": self.build_matvecs,
+            "build_rmatvecs": self.build_rmatvecs,
+        }
+
+
+class LowRankOperator(LinearOperator):
+    """Symmetric ``c I + U K U^T``: ``U diag(d) U^T + c (I - U U^T)`` for orthonormal ``U``.
+
+    Parameters
+    ----------
+    U : torch.Tensor
+        ``(m, l)`` basis, possibly stored in a lower precision than ``dtype`` (cast per
+        product, ``chunk`` rows at a time, so the working-precision copy is never whole).
+    d : torch.Tensor
+        ``(l,)`` eigenvalues of the operator on ``range(U)`` when ``U`` is orthonormal.
+    c : float
+        Eigenvalue on the orthogonal complement.
+    dtype : torch.dtype, optional
+        Working dtype (default ``U.dtype``).
+    core : torch.Tensor, optional
+        ``(l, l)`` symmetric core ``K``; the operator is then ``c I + U K U^T`` and ``d`` is
+        informational. Used for a rounded (not exactly orthonormal) basis.
+
+    Notes
+    -----
+    Without ``core`` the product is ``lsr_scale._kernels.lowrank_apply(U, d, c, y)``, looked
+    up at call time, so a CUDA fast path registered there is used.
+    """
+
+    def __init__(self, U, d, c, dtype=None, *, core=None, chunk=65536) -> None:
+        blocks = list(U) if isinstance(U, (list, tuple)) else [U]
+        dtype = blocks[0].dtype if dtype is None else dtype
+        m = blocks[0].shape[0]
+        super().__init__((m, m), dtype, blocks[0].device)
+        if core is None and len(blocks) != 1:
+            raise ValueError("U: expected one basis tensor without a core")
+        self.blocks = blocks
+        self.U = blocks[0]
+        self.d = d.to(dtype)
+        self.c = float(c)
+        self.core = None if core is None else core.to(dtype)
+        self.chunk = int(chunk)
+
+    def _matvec(self, x):
+        if self.core is None:
+            return _kernels.lowrank_apply(self.U, self.d, self.c, x)
+        m, ch, dt = self.shape[0], self.chunk, self.dtype
+        zs = []
+        for B in self.blocks:
+            if B.dtype == dt:
+                zs.append(B.T @ x)
+                continue
+            z = None
+            for i in range(0, m, ch):
+                t = B[i : i + ch].to(dt).T @ x[i : i + ch]
+                z = t if z is None else z + t
+            zs.append(z)
+        w = self.core @ torch.cat(zs, dim=0)
+        out = self.c * x
+        k0 = 0
+        for B in self.blocks:
+            wk = w[k0 : k0 + B.shape[1]]
+            k0 += B.shape[1]
+            if B.dtype == dt:
+                out += B @ wk
+                continue
+            for i in range(0, m, ch):
+                out[i : i + ch] += B[i : i + ch].to(dt) @ wk
+        return out
+
+    _rmatvec = _matvec
+    _matmat = _matvec
+    _rmatmat = _matvec
+
+
+def column_blocks(A: LinearOperator, chunk: int):
+    """Yield ``(cols, E)`` with ``E = I[:, cols]`` for consecutive chunks of ``A``'s columns.
+
+    ``A @ E`` is then ``A[:, cols]``, one chunk (``chunk`` products) at a time.
+    """
+    m = A.shape[1]
+    for j0 in range(0, m, chunk):
+        j1 = min(m, j0 + chunk)
+        E = torch.zeros((m, j1 - j0), dtype=A.dtype, device=A.device)
+        E[torch.arange(j0, j1, device=A.device), torch.arange(j1 - j0, device=A.device)] = 1
+        yield slice(j0, j1), E
