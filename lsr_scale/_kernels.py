@@ -584,6 +584,7 @@ def sparse_sign_apply(
             X2.dtype in _SUFFIX
             and csr.col.dtype == torch.int32
             and csr.val.dtype == X2.dtype
+            and csr.rowptr.device == X2.device
             and _use_cuda("sparse_sign", X2)
         ):
             Xc = X2.contiguous()
@@ -619,7 +620,7 @@ def sparse_sign_apply_t(indices, values, Y, *, out=None) -> torch.Tensor:
     Y2 = Y[:, None] if vec else Y
     n, zeta = indices.shape
     v = values.to(Y2.dtype)
-    if Y2.dtype in _SUFFIX and _use_cuda("sparse_sign_t", Y2, indices):
+    if Y2.dtype in _SUFFIX and _use_cuda("sparse_sign_t", Y2, indices, values):
         k = Y2.shape[1]
         res = _buffer(out, (n, k), Y2)
         if n and k:
