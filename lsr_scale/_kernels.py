@@ -577,6 +577,8 @@ def sparse_sign_apply(
             f"sparse_sign_apply: expected X of shape ({indices.shape[0]}, k), got {tuple(X.shape)}"
         )
     if X2.device.type == "cuda":
+        if csr is None and indices.device != X2.device:  # uncached: keep the sketch on X's device
+            indices, values = indices.to(X2.device), values.to(X2.device)
         if csr is None:
             csr = _cached_csr(indices, values, s, X2.dtype)
         k = X2.shape[1]
