@@ -63,9 +63,9 @@ def train_antiderivative(epochs: int) -> None:
 
 
 def train_poisson(epochs: int) -> None:
-    from lsr_scale.problems._poisson import PoissonProblem
+    from lsr_scale.problems._poisson import CPU_CONFIG, PoissonProblem
 
-    prob = PoissonProblem()
+    prob = PoissonProblem(**CPU_CONFIG)  # scaled down for the CPU; see CPU_CONFIG
     net = prob.make_model()
     t0 = time.perf_counter()
     hist = prob.train(net, epochs=epochs, progress=True)
@@ -90,7 +90,7 @@ def train_poisson(epochs: int) -> None:
 TRAINERS = {
     "burgers": (train_burgers, 40000),
     "antiderivative": (train_antiderivative, 20000),
-    "poisson": (train_poisson, 10000),
+    "poisson": (train_poisson, 3000),
 }
 
 

@@ -1,0 +1,496 @@
+"""``lsr-scale reproduce {function,burgers,antiderivative,poisson} [--quick] [--json PATH]``.
+
+Runs one workload end to end: the trained baseline (from the committed checkpoint, or trained
+here with ``--quick`` / ``--retrain``), one-shot LSR (subspace), Krylov LSR with the best
+preconditioner available, and Iterative LSR for Poisson, and prints each error next to the
+paper's number. Every row states the case it ran; cases scaled down for a CPU say so.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["add_reproduce_parser", "run_reproduce", "WORKLOADS"]
+
+WORKLOADS = ("function", "burgers", "antiderivative", "poisson")
+
+
+def _peak(device="cpu"):
+    from .._utils import PeakMemory
+
+    return PeakMemory(device)
+
+
+def _row(method, rel_l2, wall_s, peak, *, paper=None, rank=None, iterations=None, case="", **extra):
+    return dict(
+        method=method,
+        rel_l2=float(rel_l2),
+        wall_s=float(wall_s),
+        peak_mem_bytes=int(peak),
+        paper=paper,
+        rank=rank,
+        iterations=iterations,
+        case=case,
+        **extra,
+    )
+
+
+def _refine_row(method, refined, err, base, paper=None, case=""):
+    info = refined.info
+    return _row(
+        method,
+        err,
+        info["times"]["total"],
+        info.get("peak_mem_bytes", 0),
+        paper=paper,
+        rank=info.get("rank") if method == "subspace" else None,
+        iterations=info.get("iterations") if method != "subspace" else None,
+        case=case,
+        reduction=base / err if err > 0 else math.inf,
+        preconditioner=(info.get("preconditioner") or {}).get("name")
+        if isinstance(info.get("preconditioner"), dict)
+        else info.get("preconditioner"),
+    )
+
+
+# ---------------------------------------------------------------------- function
+def _function(quick: bool, retrain: bool, progress):
+    import lsr_scale as ls
+
+    from ._checkpoint import checkpoint_path, load_checkpoint
+    from ._function import FunctionProblem
+
+    if quick:
+        prob = FunctionProblem(n_train=2000, widths=(2, 32, 32, 32, 1))
+        case = "quick: MLP [2, 32x3, 1], 2,000 points (not the paper's case)"
+        epochs, rank, kit = 1500, 300, 200
+    else:
+        prob = FunctionProblem(n_train=8000, widths=(2, 128, 128, 128, 128, 128, 128, 1))
+        case = "paper: MLP [2, 128x6, 1], 8,000 points"
+        epochs, rank, kit = 1500, 2000, 500
+    net = prob.make_model()
+    ck = checkpoint_path("function_mlp")
+    t0 = time.perf_counter()
+    with _peak() as pm:
+        if not quick and not retrain and ck.exists():
+            meta = load_checkpoint(net, ck)
+            train_s = meta.get("train_wall_s", 0.0)
+        else:
+            prob.train(net, epochs=epochs, lr=3e-3, progress=progress)
+            train_s = time.perf_counter() - t0
+    net = net.double()
+    x_tr, y_tr = prob.x_train.double(), prob.y_train.double()
+    err_fn = lambda pr: prob.test_error(lambda x: pr(x.double()))  # noqa: E731
+    base = err_fn(net)
+    rows = [_row("trained", base, train_s, pm.peak_bytes, case=case + f", Adam {epochs} epochs")]
+    g = torch.Generator().manual_seed(0)
+    r = ls.refine(
+        net, data=(x_tr, y_tr), method="subspace", rank=rank, generator=g, progress_bar=progress
+    )
+    rows.append(_refine_row("subspace", r, err_fn(r), base, case=case))
+    r = ls.refine(
+        net,
+        data=(x_tr, y_tr),
+        method="krylov",
+        preconditioner="auto",
+        maxiter=kit,
+        generator=g,
+        progress_bar=progress,
+    )
+    rows.append(_refine_row("krylov", r, err_fn(r), base, case=case))
+    return rows, {"paper_note": "paper: 10x-100x reduction (target >= 10x at the paper's size)"}
+
+
+# ---------------------------------------------------------------------- burgers
+def _grid_predict(refined, u, y):
+    from ..operators._jacobian import module_jvp
+
+    with torch.no_grad():
+        out, dout = module_jvp(refined.model, (u, y), refined.delta_dict)
+    return out + dout
+
+
+def _burgers(quick: bool, retrain: bool, progress):
+    from torch.func import functional_call
+
+    import lsr_scale as ls
+
+    from ._burgers import BurgersProblem, DeepONetGrid
+    from ._checkpoint import checkpoint_path, load_checkpoint
+
+    paper = {"trained": 1.08e-2, "subspace": 2.05e-3, "krylov": 2.05e-3}
+    if quick:
+        prob = BurgersProblem(
+            n_train=200, n_test=20, width=64, depth=3, dt=1e-3, dtype=torch.float64
+        )
+        case = "quick: 200/20 functions, DeepONet 64x3 (not the paper's case)"
+        epochs, rank, kit, prank = 1500, 200, 30, 100
+    else:
+        prob = BurgersProblem(dtype=torch.float64)
+        case = "paper data sizes: 1,000/50 functions, DeepONet [128|1, 128x4]; own solver"
+        epochs, rank, kit, prank = 40000, 2000, 300, 300
+    net = prob.make_model()
+    ck = checkpoint_path("burgers_deeponet")
+    t0 = time.perf_counter()
+    with _peak() as pm:
+        if not quick and not retrain and ck.exists():
+            meta = load_checkpoint(net, ck)
+            train_s, epochs = meta.get("train_wall_s", 0.0), meta.get("epochs", epochs)
+        else:
+            prob.train(net, epochs=epochs, lr=1e-3, batch=prob.n_train, progress=progress)
+            train_s = time.perf_counter() - t0
+    view = DeepONetGrid(net)
+    (u, y), s = prob.train_data
+
+    def residual_fn(p):
+        return (functional_call(view, p, (u, y)) - s).reshape(-1)
+
+    base = prob.test_error(lambda inp: net.grid(*inp))
+    rows = [
+        _row(
+            "trained",
+            base,
+            train_s,
+            pm.peak_bytes,
+            paper=paper["trained"],
+            case=case + f", Adam {epochs} epochs (CPU)",
+        )
+    ]
+    g = torch.Generator().manual_seed(0)
+    k = min(rank, sum(p.numel() for p in net.parameters()))
+    r = ls.refine(
+        view, residual_fn=residual_fn, method="subspace", rank=k, generator=g, progress_bar=progress
+    )
+    err = prob.test_error(lambda inp: _grid_predict(r, *inp))
+    rows.append(
+        _refine_row(
+            "subspace",
+            r,
+            err,
+            base,
+            paper=paper["subspace"],
+            case=case + ("" if quick else f", k={k} (paper k=9,000)"),
+        )
+    )
+    r = ls.refine(
+        view,
+        residual_fn=residual_fn,
+        method="krylov",
+        preconditioner="auto",
+        precond_rank=prank,
+        maxiter=kit,
+        generator=g,
+        progress_bar=progress,
+    )
+    err = prob.test_error(lambda inp: _grid_predict(r, *inp))
+    rows.append(_refine_row("krylov", r, err, base, paper=paper["krylov"], case=case))
+    return rows, {"paper_note": "paper: 1.08e-2 -> 2.05e-3 (5.3x) at k=9,000, 47 s, 20.5 GB GPU"}
+
+
+# ---------------------------------------------------------------------- antiderivative
+def _antiderivative(quick: bool, retrain: bool, progress):
+    import lsr_scale as ls
+
+    from ._antiderivative import AntiderivativeProblem
+    from ._checkpoint import checkpoint_path, load_checkpoint
+
+    paper = {"trained": 3.69e-3, "subspace": 1.53e-5, "krylov": 1.53e-5}
+    if quick:
+        prob = AntiderivativeProblem(n_train=300, n_test=5, dtype=torch.float64)
+        case = "quick: 300 train functions, 5 test instances (not the paper's case)"
+        epochs = 1500
+    else:
+        prob = AntiderivativeProblem(dtype=torch.float64)
+        case = "paper net [100|1, 50x5], 1,000 train functions (CPU), 100 test instances"
+        epochs = 15000
+    net = prob.make_model()
+    ck = checkpoint_path("antiderivative_pideeponet")
+    t0 = time.perf_counter()
+    with _peak() as pm:
+        if not quick and not retrain and ck.exists():
+            meta = load_checkpoint(net, ck)
+            train_s, epochs = meta.get("train_wall_s", 0.0), meta.get("epochs", epochs)
+        else:
+            prob.train(net, epochs=epochs, progress=progress)
+            train_s = time.perf_counter() - t0
+    base_each = prob.instance_errors(lambda inp: net.grid(*inp))
+    base = float(base_each.mean())
+    rows = [
+        _row(
+            "trained",
+            base,
+            train_s,
+            pm.peak_bytes,
+            paper=paper["trained"],
+            case=case + f", physics-informed Adam {epochs} epochs",
+        )
+    ]
+    g = torch.Generator().manual_seed(0)
+    for method in ("subspace", "krylov"):
+        errs, walls, peaks, its = [], [], [], []
+        for i in range(prob.n_test):
+            fn, u_row, y = prob.instance_residual(net, i)
+            if method == "subspace":
+                kw = dict(
+                    rank=40, subspace="output", subspace_inputs=(u_row.expand(y.shape[0], -1), y)
+                )
+            else:
+                kw = dict(preconditioner="auto", precond_rank=60, maxiter=200, damp=1e-4)
+            r = ls.refine(net, residual_fn=fn, method=method, generator=g, progress_bar=False, **kw)
+            e = prob.instance_errors(
+                lambda inp, r=r: r((inp[0].expand(inp[1].shape[0], -1), inp[1]))[:, 0][None], [i]
+            )
+            errs.append(float(e[0]))
+            walls.append(r.info["times"]["total"])
+            peaks.append(r.info.get("peak_mem_bytes", 0))
+            its.append(r.info.get("iterations"))
+        err = sum(errs) / len(errs)
+        rows.append(
+            _row(
+                method,
+                err,
+                sum(walls) / len(walls),
+                max(peaks),
+                paper=paper[method],
+                rank=40 if method == "subspace" else None,
+                iterations=None if method == "subspace" else its[0],
+                case=case + ", per instance: 1 initial + 1,000 residual points, "
+                "wall_s is the mean per instance",
+                reduction=base / err,
+            )
+        )
+    return rows, {"paper_note": "paper: 3.69e-3 -> 1.53e-5 mean, k=40, 0.04 s per instance"}
+
+
+# ---------------------------------------------------------------------- poisson
+def _poisson(quick: bool, retrain: bool, progress, curves: dict | None = None):
+    import lsr_scale as ls
+
+    from ..refine._iterative import iterative_refine
+    from ._checkpoint import checkpoint_path, load_checkpoint
+    from ._poisson import CPU_CONFIG, PoissonProblem
+
+    if quick:
+        cfg = dict(n_interior=1000, n_boundary=200, widths=(2, 32, 32, 32, 1), grid=51)
+        case = "quick: MLP [2, 32x3, 1], 1,000 + 200 points (not the paper's case)"
+        epochs, rank, outer, align_iters, kit = 800, 300, 2, 200, 200
+    else:
+        cfg = dict(CPU_CONFIG)
+        case = (
+            "CPU-scaled: MLP [2, 64x4, 1], 2,000 + 400 points "
+            "(paper: [2, 128x6, 1], 20,000 + 1,000)"
+        )
+        epochs, rank, outer, align_iters, kit = 3000, 1000, 5, 300, 500
+    prob = PoissonProblem(**cfg, dtype=torch.float64)
+    net = prob.make_model()
+    ck = checkpoint_path("poisson_pinn")
+    t0 = time.perf_counter()
+    with _peak() as pm:
+        if not quick and not retrain and ck.exists():
+            meta = load_checkpoint(net, ck)
+            train_s, epochs = meta.get("train_wall_s", 0.0), meta.get("epochs", epochs)
+        else:
+            prob.train(net, epochs=epochs, lr=3e-3, progress=progress)
+            train_s = time.perf_counter() - t0
+    base = prob.test_error(net)
+    rows = [_row("trained", base, train_s, pm.peak_bytes, case=case + f", Adam {epochs} epochs")]
+    g = torch.Generator().manual_seed(0)
+    fn = prob.residual_fn(net)
+    sub = prob.x_int[torch.randperm(prob.n_interior, generator=g)[: rank + 1000]]
+    r = ls.refine(
+        net,
+        residual_fn=fn,
+        method="subspace",
+        rank=rank,
+        subspace="output",
+        subspace_inputs=sub,
+        generator=g,
+        progress_bar=progress,
+    )
+    rows.append(_refine_row("subspace", r, prob.test_error(r), base, case=case))
+    r = ls.refine(
+        net,
+        residual_fn=fn,
+        method="krylov",
+        preconditioner="auto",
+        maxiter=kit,
+        generator=g,
+        progress_bar=progress,
+    )
+    rows.append(_refine_row("krylov", r, prob.test_error(r), base, case=case))
+    with _peak() as pm:
+        res = iterative_refine(
+            net,
+            blocks=prob.blocks,
+            sample_points=prob.sample_points,
+            collocation=lambda pts: pts[0],
+            weights={"bc": prob.bc_weight},
+            outer_iters=outer,
+            rank=rank,
+            subspace_points=1000 if not quick else 300,
+            dtau=1e-4,
+            align_iters=align_iters,
+            evaluate=prob.test_error,
+            generator=g,
+            progress=progress,
+        )
+    h = res.history
+    it_wall = h[-1]["wall_s"]
+    n_out = len(h) - 1
+    rows.append(
+        _row(
+            "iterative",
+            h[-1]["lsr_rel_l2"],
+            it_wall,
+            pm.peak_bytes,
+            rank=rank,
+            iterations=n_out,
+            case=case + f", {n_out} outer iterations, last LSR predictor",
+            reduction=base / h[-1]["lsr_rel_l2"],
+        )
+    )
+    rows.append(
+        _row(
+            "iterative_network",
+            h[-1]["rel_l2"],
+            it_wall,
+            pm.peak_bytes,
+            rank=rank,
+            iterations=n_out,
+            case=case + f", {n_out} outer iterations, aligned network",
+            reduction=base / h[-1]["rel_l2"],
+        )
+    )
+    lb = copy.deepcopy(net)
+    with _peak() as pm:
+        curve = prob.train_lbfgs(lb, time_budget=it_wall)
+    rows.append(
+        _row(
+            "lbfgs",
+            curve[-1]["rel_l2"],
+            curve[-1]["wall_s"],
+            pm.peak_bytes,
+            iterations=50 * (len(curve) - 1),
+            case=case + ", L-BFGS alone at the same wall time",
+            reduction=base / curve[-1]["rel_l2"],
+        )
+    )
+    if curves is not None:
+        curves["iterative"] = [(e["wall_s"], e["rel_l2"]) for e in h]
+        curves["iterative_lsr"] = [(e["wall_s"], e["lsr_rel_l2"]) for e in h[1:]]
+        curves["lbfgs"] = [(e["wall_s"], e["rel_l2"]) for e in curve]
+    return rows, {"paper_note": "paper: Iterative LSR reaches far lower error than Adam/L-BFGS"}
+
+
+_RUNNERS = {
+    "function": _function,
+    "burgers": _burgers,
+    "antiderivative": _antiderivative,
+    "poisson": _poisson,
+}
+
+
+def _fmt(x, spec=".3e"):
+    return "" if x is None else format(x, spec) if isinstance(x, float) else str(x)
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
+
+
+def format_table(rows: list[dict]) -> str:
+    """A markdown table of reproduction rows."""
+    head = ["method", "rel. L2", "paper", "reduction", "rank / iters", "wall (s)", "peak mem"]
+    body = []
+    for r in rows:
+        ri = r.get("rank") if r.get("rank") is not None else r.get("iterations")
+        body.append(
+            [
+                r["method"] + (f" ({r['preconditioner']})" if r.get("preconditioner") else ""),
+                _fmt(r["rel_l2"]),
+                _fmt(r.get("paper")),
+                "" if r.get("reduction") is None else f"{r['reduction']:.1f}x",
+                _fmt(ri),
+                f"{r['wall_s']:.2f}",
+                _fmt_bytes(r["peak_mem_bytes"]),
+            ]
+        )
+    w = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    lines = [
+        "| " + " | ".join(h.ljust(x) for h, x in zip(head, w)) + " |",
+        "|" + "|".join("-" * (x + 2) for x in w) + "|",
+    ]
+    lines += ["| " + " | ".join(c.ljust(x) for c, x in zip(b, w)) + " |" for b in body]
+    return "\n".join(lines)
+
+
+def run_reproduce(
+    workload: str,
+    *,
+    quick: bool = False,
+    retrain: bool = False,
+    json_path=None,
+    progress=None,
+    threads: int | None = None,
+    curves: dict | None = None,
+) -> list[dict]:
+    """Run one workload and return its rows (see the module docstring)."""
+    if workload not in _RUNNERS:
+        raise ValueError(f"workload: expected one of {WORKLOADS}, got {workload!r}")
+    if threads:
+        torch.set_num_threads(int(threads))
+    t0 = time.perf_counter()
+    kw = {"curves": curves} if workload == "poisson" else {}
+    rows, meta = _RUNNERS[workload](quick, retrain, progress, **kw)
+    for r in rows:
+        r["workload"] = workload
+        r["quick"] = quick
+        r["device"] = "cpu"
+    print(f"lsr-scale reproduce {workload}{' --quick' if quick else ''}: {rows[0]['case']}")
+    print(format_table(rows))
+    print(meta["paper_note"])
+    print(f"total {time.perf_counter() - t0:.1f} s")
+    if json_path:
+        Path(json_path).write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    return rows
+
+
+def _handler(args) -> None:
+    run_reproduce(
+        args.workload,
+        quick=args.quick,
+        retrain=args.retrain,
+        json_path=args.json,
+        progress=False if getattr(args, "no_progress", False) else None,
+        threads=args.threads,
+    )
+
+
+def add_reproduce_parser(subparsers) -> None:
+    """Register ``reproduce`` on an argparse subparsers object (handler in ``func``)."""
+    p = subparsers.add_parser(
+        "reproduce",
+        help="reproduce one of the paper's workloads and compare with its numbers",
+        description=__doc__.splitlines()[0],
+    )
+    p.add_argument("workload", choices=WORKLOADS)
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small, CPU-friendly case (under 2 minutes; not the paper's case)",
+    )
+    p.add_argument("--json", metavar="PATH", default=None, help="write the rows as JSON")
+    p.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train the baseline instead of loading the committed checkpoint",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_handler)
