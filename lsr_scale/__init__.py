@@ -5,11 +5,11 @@ least-squares problem min ||G0 delta + f0|| is solved through Jacobian-vector pr
 (Cao & Zhang, arXiv 2601.13989, made matrix-free). See ``docs/`` for the user guide.
 """
 
-from . import precond, sketch, testing
+from . import models, pde, precond, problems, sketch, testing
 from ._kernels import show_config
 from .operators import JacobianOperator, LinearOperator, aslinearoperator
 from .randomized import randomized_range_finder, randomized_svd
-from .refine import RefinedModel, refine
+from .refine import IterativeResult, RefinedModel, iterative_refine, refine
 from .solvers import SolverResult, StopReason, lsmr, lsqr
 
 __version__ = "0.1.0"
@@ -26,9 +26,14 @@ __all__ = [
     "randomized_svd",
     "refine",
     "RefinedModel",
+    "iterative_refine",
+    "IterativeResult",
     "show_config",
     "sketch",
     "precond",
     "testing",
+    "models",
+    "pde",
+    "problems",
     "__version__",
 ]

@@ -7,7 +7,7 @@
 """
 
 from ._antiderivative import AntiderivativeProblem
-from ._burgers import BurgersProblem, solve_burgers
+from ._burgers import BurgersProblem, DeepONetGrid, solve_burgers
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._common import rel_l2, train_adam
 from ._function import FunctionProblem, target_function
@@ -18,6 +18,7 @@ __all__ = [
     "BurgersProblem",
     "AntiderivativeProblem",
     "PoissonProblem",
+    "DeepONetGrid",
     "solve_burgers",
     "target_function",
     "rel_l2",
