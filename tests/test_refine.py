@@ -266,3 +266,23 @@ def test_bad_inputs_raise_and_leave_model_unchanged():
         ls.refine(_Unused().double(), data=(x, y), rank=2)
     _assert_unchanged(model, before)
     assert m > 21
+
+
+def test_krylov_auto_preconditioner_tall_uses_sketch_and_matches_lstsq():
+    """n >= 8 m: 'auto' picks sketch-and-precondition; the LS solution is unique, so compare."""
+    g = torch.Generator().manual_seed(4)
+    model = _tiny(2, widths=(2, 6, 1))  # 25 parameters
+    x = torch.rand(400, 2, generator=g, dtype=torch.float64) * 2 - 1
+    y = torch.sin(2 * x[:, :1]) * x[:, 1:]
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def res(p):
+        return (functional_call(model, p, (x,)) - y).reshape(-1)
+
+    jac = jacrev(res)(params)
+    G = torch.cat([jac[name].reshape(400, -1) for name in params], dim=1)
+    ref = torch.linalg.lstsq(G, -res(params).unsqueeze(1)).solution.squeeze(1)
+    refined = ls.refine(model, data=(x, y), method="krylov", atol=1e-12, btol=1e-12, generator=g)
+    assert refined.info["preconditioner"]["name"] == "sketch"
+    assert refined.info["iterations"] <= 30
+    torch.testing.assert_close(refined.delta, ref, rtol=1e-7, atol=1e-7 * float(ref.norm()))

@@ -181,8 +181,10 @@ def refine(
         LSMR settings for ``method="krylov"`` (and the reduced LSMR). Early stopping
         (``maxiter``; default 1,000) and ``damp`` are the regularizers.
     preconditioner : {"auto", "nystrom", "sketch", "jacobi", None}
-        Right preconditioner for ``method="krylov"``. ``"auto"`` chooses Nystrom (built from
-        a randomized SVD of G0) and reports the choice in ``info["preconditioner"]``.
+        Right preconditioner for ``method="krylov"``. ``"auto"`` chooses sketch-and-precondition
+        for tall operators (``n >= 8 m``, ``m <= 4096``) and otherwise Nystrom built from a
+        randomized SVD of G0 (:func:`lsr_scale.precond.choose_preconditioner`); the choice is
+        reported in ``info["preconditioner"]``.
     precond_rank : int, optional
         Rank of the Nystrom preconditioner (default ``min(300, min(n, m) // 2)``).
     space : {"parameter", "sample", "auto"}
@@ -558,7 +560,9 @@ def _krylov(
         space = "sample" if 2 * n <= m else "parameter"
     info["space"] = space
     if preconditioner == "auto":
-        preconditioner = "nystrom"
+        from ..precond import choose_preconditioner
+
+        preconditioner = choose_preconditioner(J.shape)
     if precond_rank is None:
         precond_rank = max(1, min(300, min(n, m) // 2))
     else:
@@ -594,7 +598,7 @@ def _krylov(
                 )
         info["preconditioner"] = {
             "name": preconditioner,
-            "rank": precond_rank if preconditioner in ("nystrom",) else None,
+            "rank": precond_rank if preconditioner == "nystrom" else None,
             "build_time": getattr(M, "build_time", 0.0),
             "build_matvecs": getattr(M, "build_matvecs", 0),
             "build_rmatvecs": getattr(M, "build_rmatvecs", 0),
