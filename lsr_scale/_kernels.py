@@ -42,6 +42,8 @@ __all__ = [
     "sparse_sign_csr",
     "SparseSignCSR",
     "lowrank_apply",
+    "lowrank_project",
+    "lowrank_expand",
     "lsmr_update_",
     "show_config",
     "kernel_status",
@@ -686,28 +688,46 @@ def _lowrank_torch(U, d, c, y, chunk_bytes=1 << 28):
     return out
 
 
-def _lowrank_cuda(U, d, c, y, out=None):
-    m, l = U.shape
-    dt = y.dtype
-    dev = _device_index(y)
+def _lowrank_passes_ok(U, y) -> bool:
+    return (
+        y.dtype in _SUFFIX
+        and (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1))
+        and (U.dtype in _LOWPREC or U.dtype == y.dtype)
+        and U.is_contiguous()
+        and 0 < U.shape[1] <= _LOWRANK_MAX_L
+        and U.shape[0] > 0
+        and _use_cuda("lowrank", U, y)
+    )
+
+
+def _lowrank_name(U, dt):
     sfx = _SUFFIX[dt]
     store = _LOWPREC.get(U.dtype, sfx)
-    pair = store != sfx and l % 2 == 0 and U.data_ptr() % 4 == 0
+    pair = store != sfx and U.shape[1] % 2 == 0 and U.data_ptr() % 4 == 0
     name = f"{store}x2_{sfx}" if pair else f"{store}_{sfx}"
     Uk = U.view(torch.int32) if pair else U  # two 16-bit elements per 32-bit load
-    lu = l // 2 if pair else l
-    yv = y.reshape(-1).contiguous()
-    dv = d.to(device=y.device, dtype=dt).contiguous()
+    lu = U.shape[1] // 2 if pair else U.shape[1]
+    return name, Uk, lu
+
+
+def _c_args(c, dt):
     if isinstance(c, torch.Tensor) and c.device.type == "cuda":
-        cptr, cval = c.to(dt).reshape(()).contiguous(), _NP_SCALAR[dt](0)
-    else:
-        cptr, cval = None, _NP_SCALAR[dt](float(c))
-    # pass 1: partial sums of U^T y per block of rows
+        return c.to(dt).reshape(()).contiguous(), _NP_SCALAR[dt](0)
+    return None, _NP_SCALAR[dt](float(c))
+
+
+def _lowrank_pass1_cuda(U, yv, dv, c):
+    """Pass 1 over U: ``w = (d - c) * (U^T y)`` (d = 1, c = 0 gives ``U^T y`` exactly)."""
+    m, l = U.shape
+    dt = yv.dtype
+    dev = _device_index(yv)
+    name, Uk, lu = _lowrank_name(U, dt)
+    cptr, cval = _c_args(c, dt)
     threads = min(1024, max(32, -(-lu // 32) * 32))
     G = max(1, min(_sms(dev) * 16, -(-m // 64)))
     rpb = -(-m // G)
     G = -(-m // rpb)
-    partial = torch.empty((G, l), dtype=dt, device=y.device)
+    partial = torch.empty((G, l), dtype=dt, device=yv.device)
     _launch(
         "lowrank.cu",
         "lowrank_zt_" + name,
@@ -716,16 +736,25 @@ def _lowrank_cuda(U, d, c, y, out=None):
         (threads,),
         (Uk, yv, partial, _i64(m), _i64(lu), _i64(rpb)),
     )
-    w = torch.empty(l, dtype=dt, device=y.device)
+    w = torch.empty(l, dtype=dt, device=yv.device)
     _launch(
         "lowrank.cu",
-        "lowrank_reduce_" + sfx,
+        "lowrank_reduce_" + _SUFFIX[dt],
         dev,
         (-(-l // 128),),
         (128,),
         (partial, _i64(G), _i64(l), dv, cptr if cptr is not None else 0, cval, w),
     )
-    res = _buffer(out, (m,), yv)
+    return w
+
+
+def _lowrank_pass2_cuda(U, yv, w, c, res):
+    """Pass 2 over U: ``res = U w + c y``."""
+    m, l = U.shape
+    dt = yv.dtype
+    dev = _device_index(yv)
+    name, Uk, lu = _lowrank_name(U, dt)
+    cptr, cval = _c_args(c, dt)
     grid = max(1, min(_sms(dev) * 8, -(-m // 8)))
     _launch(
         "lowrank.cu",
@@ -733,10 +762,73 @@ def _lowrank_cuda(U, d, c, y, out=None):
         dev,
         (grid,),
         (256,),
-        (Uk, yv, w, cptr if cptr is not None else 0, cval, res, _i64(m), _i64(lu)),
-        shared_mem=l * y.element_size(),
+        (Uk, yv, w.contiguous(), cptr if cptr is not None else 0, cval, res, _i64(m), _i64(lu)),
+        shared_mem=l * yv.element_size(),
     )
+    return res
+
+
+def _lowrank_cuda(U, d, c, y, out=None):
+    yv = y.reshape(-1).contiguous()
+    dv = d.to(device=y.device, dtype=y.dtype).contiguous()
+    w = _lowrank_pass1_cuda(U, yv, dv, c)
+    res = _lowrank_pass2_cuda(U, yv, w, c, _buffer(out, (U.shape[0],), yv))
     return _finish(res.reshape(y.shape), out)
+
+
+def _upcast_rows(U, dtype, chunk_bytes=1 << 28):
+    """Yield ``(rows, U[rows].to(dtype))`` in row chunks (bounded extra memory)."""
+    m, l = U.shape
+    step = max(1, chunk_bytes // max(1, l * torch.finfo(dtype).bits // 8))
+    for r0 in range(0, m, step):
+        yield slice(r0, r0 + step), U[r0 : r0 + step].to(dtype)
+
+
+def lowrank_project(U, y) -> torch.Tensor:
+    """Return ``U.T @ y`` for a basis ``U`` (m, l) stored in y's dtype, bfloat16 or float16.
+
+    The first of the two passes of :func:`lowrank_apply`, for preconditioners that put their
+    own (l x l) core between the passes. Accumulates in ``y``'s dtype. CUDA path as in
+    :func:`lowrank_apply`.
+    """
+    if U.ndim != 2 or y.shape[0] != U.shape[0]:
+        raise ValueError(
+            f"lowrank_project: expected U (m, l) and y (m,) or (m, k); got U {tuple(U.shape)}, "
+            f"y {tuple(y.shape)}"
+        )
+    if _lowrank_passes_ok(U, y):
+        yv = y.reshape(-1).contiguous()
+        ones = torch.ones(U.shape[1], dtype=y.dtype, device=y.device)
+        w = _lowrank_pass1_cuda(U, yv, ones, 0.0)
+        return w if y.ndim == 1 else w[:, None]
+    if U.dtype == y.dtype:
+        return U.T @ y
+    z = y.new_zeros((U.shape[1],) + tuple(y.shape[1:]))
+    for rows, Uc in _upcast_rows(U, y.dtype):
+        z += Uc.T @ y[rows]
+    return z
+
+
+def lowrank_expand(U, w, c, y, *, out=None) -> torch.Tensor:
+    """Return ``U @ w + c * y`` for a basis ``U`` (m, l) stored in y's dtype, bf16 or fp16.
+
+    The second pass of :func:`lowrank_apply`. ``c`` is a number or a 0-d tensor.
+    """
+    if U.ndim != 2 or y.shape[0] != U.shape[0] or w.shape[0] != U.shape[1]:
+        raise ValueError(
+            f"lowrank_expand: expected U (m, l), w (l,) and y (m,); got U {tuple(U.shape)}, "
+            f"w {tuple(w.shape)}, y {tuple(y.shape)}"
+        )
+    if _lowrank_passes_ok(U, y) and w.ndim == 1:
+        yv = y.reshape(-1).contiguous()
+        res = _lowrank_pass2_cuda(U, yv, w.to(y.dtype), c, _buffer(out, (U.shape[0],), yv))
+        return _finish(res.reshape(y.shape), out)
+    if U.dtype == y.dtype:
+        return _finish(U @ w + c * y, out)
+    res = torch.empty_like(y)
+    for rows, Uc in _upcast_rows(U, y.dtype):
+        res[rows] = Uc @ w + c * y[rows]
+    return _finish(res, out)
 
 
 def lowrank_apply(U, d, c, y, *, out=None) -> torch.Tensor:
@@ -756,15 +848,7 @@ def lowrank_apply(U, d, c, y, *, out=None) -> torch.Tensor:
             f"lowrank_apply: expected U (m, l), d (l,), y (m,) or (m, k); got U "
             f"{tuple(U.shape)}, d {tuple(d.shape)}, y {tuple(y.shape)}"
         )
-    if (
-        y.dtype in _SUFFIX
-        and (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1))
-        and (U.dtype in _LOWPREC or U.dtype == y.dtype)
-        and U.is_contiguous()
-        and 0 < U.shape[1] <= _LOWRANK_MAX_L
-        and U.shape[0] > 0
-        and _use_cuda("lowrank", U, y)
-    ):
+    if _lowrank_passes_ok(U, y):
         return _lowrank_cuda(U, d, c, y, out)
     return _finish(_lowrank_torch(U, d, c, y), out)
 

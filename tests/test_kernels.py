@@ -297,6 +297,27 @@ def test_lowrank_chunked_equals_direct(generator):
     assert relerr(a, b) <= 1e-6
 
 
+@pytest.mark.parametrize("store", ["same", torch.bfloat16])
+@pytest.mark.parametrize("k", [None, 3])
+def test_lowrank_project_expand_match_dense(store, k, dtype, generator):
+    """The two passes a core-based preconditioner uses: U^T y, then U w + c y."""
+    m, l = 257, 20
+    U = torch.randn(m, l, generator=generator, dtype=dtype)
+    Us = U if store == "same" else U.to(store)
+    Uw = Us.to(dtype)  # what the kernels compute with
+    shape = (m,) if k is None else (m, k)
+    y = torch.randn(*shape, generator=generator, dtype=dtype)
+    z = K.lowrank_project(Us, y)
+    assert relerr(z, Uw.T @ y) <= TOL[dtype]
+    w = torch.randn(*((l,) if k is None else (l, k)), generator=generator, dtype=dtype)
+    out = K.lowrank_expand(Us, w, 0.5, y)
+    assert relerr(out, Uw @ w + 0.5 * y) <= TOL[dtype]
+    with pytest.raises(ValueError, match="lowrank_project: expected"):
+        K.lowrank_project(Us, y[:-1])
+    with pytest.raises(ValueError, match="lowrank_expand: expected"):
+        K.lowrank_expand(Us, w[:-1], 0.5, y)
+
+
 def test_lowrank_rejects_bad_shapes():
     with pytest.raises(ValueError, match="expected U"):
         K.lowrank_apply(torch.zeros(5, 2), torch.zeros(3), 0.0, torch.zeros(5))
@@ -547,6 +568,28 @@ def test_gpu_lowrank_matches_fallback(cuda_kernels, monkeypatch, m, l, store, dt
         assert relerr(out, ref) <= (1e-5 if dtype == torch.float32 else 1e-12)
         again = K.lowrank_apply(Ud, dd, c, yd)
         assert torch.equal(again, out)  # reproducible run to run
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("m,l", [(1, 1), (1000, 300), (100003, 301)])
+@pytest.mark.parametrize("store", ["same", torch.bfloat16])
+def test_gpu_lowrank_passes_match_fallback(
+    cuda_kernels, monkeypatch, m, l, store, dtype, generator
+):
+    l = min(l, m)
+    U = torch.randn(m, l, generator=generator, dtype=torch.float64)
+    y = torch.randn(m, generator=generator, dtype=torch.float64)
+    w = torch.randn(l, generator=generator, dtype=torch.float64)
+    Ud = U.to(dtype if store == "same" else store).cuda()
+    yd, wd = y.to(dtype).cuda(), w.to(dtype).cuda()
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    ref = _fallback(monkeypatch, K.lowrank_project, Ud, yd)
+    assert relerr(K.lowrank_project(Ud, yd), ref) <= tol
+    ref = _fallback(monkeypatch, K.lowrank_expand, Ud, wd, 0.5, yd)
+    out = torch.full_like(yd, float("nan"))
+    K.lowrank_expand(Ud, wd, 0.5, yd, out=out)
+    assert not out.isnan().any()
+    assert relerr(out, ref) <= tol
 
 
 @pytest.mark.cuda

@@ -83,8 +83,9 @@ class LowRankOperator(LinearOperator):
     Parameters
     ----------
     U : torch.Tensor
-        ``(m, l)`` basis, possibly stored in a lower precision than ``dtype`` (cast per
-        product, ``chunk`` rows at a time, so the working-precision copy is never whole).
+        ``(m, l)`` basis (or a list of column blocks, with ``core``), possibly stored in a lower
+        precision than ``dtype``; the kernels upcast it per product in row chunks, so a
+        working-precision copy is never whole.
     d : torch.Tensor
         ``(l,)`` eigenvalues of the operator on ``range(U)`` when ``U`` is orthonormal.
     c : float
@@ -97,11 +98,12 @@ class LowRankOperator(LinearOperator):
 
     Notes
     -----
-    Without ``core`` the product is ``lsr_scale._kernels.lowrank_apply(U, d, c, y)``, looked
-    up at call time, so a CUDA fast path registered there is used.
+    Without ``core`` the product is ``lsr_scale._kernels.lowrank_apply(U, d, c, y)``; with it,
+    ``lowrank_project`` (``z = U^T y``), the core, then ``lowrank_expand`` (``U w + c y``).
+    All are looked up at call time, so the CUDA fast paths registered there are used.
     """
 
-    def __init__(self, U, d, c, dtype=None, *, core=None, chunk=65536) -> None:
+    def __init__(self, U, d, c, dtype=None, *, core=None) -> None:
         blocks = list(U) if isinstance(U, (list, tuple)) else [U]
         dtype = blocks[0].dtype if dtype is None else dtype
         m = blocks[0].shape[0]
@@ -113,33 +115,18 @@ class LowRankOperator(LinearOperator):
         self.d = d.to(dtype)
         self.c = float(c)
         self.core = None if core is None else core.to(dtype)
-        self.chunk = int(chunk)
 
     def _matvec(self, x):
         if self.core is None:
             return _kernels.lowrank_apply(self.U, self.d, self.c, x)
-        m, ch, dt = self.shape[0], self.chunk, self.dtype
-        zs = []
-        for B in self.blocks:
-            if B.dtype == dt:
-                zs.append(B.T @ x)
-                continue
-            z = None
-            for i in range(0, m, ch):
-                t = B[i : i + ch].to(dt).T @ x[i : i + ch]
-                z = t if z is None else z + t
-            zs.append(z)
-        w = self.core @ torch.cat(zs, dim=0)
-        out = self.c * x
-        k0 = 0
-        for B in self.blocks:
-            wk = w[k0 : k0 + B.shape[1]]
-            k0 += B.shape[1]
-            if B.dtype == dt:
-                out += B @ wk
-                continue
-            for i in range(0, m, ch):
-                out[i : i + ch] += B[i : i + ch].to(dt) @ wk
+        # Two passes over the (possibly bf16) basis blocks with the small core between them;
+        # both passes go through the kernel registry (fused CUDA kernels on a GPU).
+        z = torch.cat([_kernels.lowrank_project(B, x) for B in self.blocks], dim=0)
+        w = self.core @ z
+        out, scale, k0 = x, self.c, 0
+        for B in self.blocks:  # out = c x + sum_k B_k w_k
+            out = _kernels.lowrank_expand(B, w[k0 : k0 + B.shape[1]], scale, out)
+            scale, k0 = 1.0, k0 + B.shape[1]
         return out
 
     _rmatvec = _matvec
