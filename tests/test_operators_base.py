@@ -110,3 +110,19 @@ def test_bad_inputs_raise_clear_errors(mats):
         op + ls.aslinearoperator(A.float())
     with pytest.raises(TypeError, match="expected a LinearOperator"):
         ls.aslinearoperator("not an operator")
+
+
+def test_subspace_operator_matches_dense_and_streams_blocks(generator):
+    from lsr_scale.operators import SubspaceOperator
+    from lsr_scale.testing import dottest
+
+    A = torch.randn(9, 6, generator=generator, dtype=torch.float64)
+    P = torch.randn(6, 3, generator=generator, dtype=torch.float64)
+    op = SubspaceOperator(ls.aslinearoperator(A), P)
+    torch.testing.assert_close(op.to_dense(), A @ P)
+    assert dottest(op)
+    C = torch.randn(3, 2, generator=generator, dtype=torch.float64)
+    blocks = list(op.matmat_blocks(C))
+    torch.testing.assert_close(torch.cat([b for _, b in blocks]), A @ P @ C)
+    with pytest.raises(ValueError, match="P: expected a 2-D tensor with 6 rows"):
+        SubspaceOperator(ls.aslinearoperator(A), P[:5])

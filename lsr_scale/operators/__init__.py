@@ -5,6 +5,7 @@ from ._base import (
     IdentityOperator,
     LinearOperator,
     MatrixOperator,
+    SubspaceOperator,
     aslinearoperator,
 )
 from ._jacobian import JacobianOperator, flatten_params, module_jvp, unflatten_params
@@ -15,6 +16,7 @@ __all__ = [
     "MatrixOperator",
     "IdentityOperator",
     "DiagonalOperator",
+    "SubspaceOperator",
     "JacobianOperator",
     "flatten_params",
     "unflatten_params",

@@ -22,6 +22,7 @@ __all__ = [
     "MatrixOperator",
     "IdentityOperator",
     "DiagonalOperator",
+    "SubspaceOperator",
 ]
 
 
@@ -360,6 +361,43 @@ class DiagonalOperator(LinearOperator):
         return self.d[:, None] * X
 
     _rmatmat = _matmat
+
+
+class SubspaceOperator(LinearOperator):
+    """``A P`` for an operator ``A`` (n x m) and a dense basis ``P`` (m x k), never stored.
+
+    This is the reduced LSR operator ``G0 P``. ``matmat_blocks`` passes on the row blocks of
+    a :class:`JacobianOperator` ``A``, so a sketch can consume ``A P C`` block by block.
+    """
+
+    def __init__(self, A: LinearOperator, P: torch.Tensor) -> None:
+        if not isinstance(P, torch.Tensor) or P.ndim != 2 or P.shape[0] != A.shape[1]:
+            raise ValueError(f"P: expected a 2-D tensor with {A.shape[1]} rows, got {describe(P)}")
+        if P.dtype != A.dtype or P.device != A.device:
+            raise TypeError(
+                f"P: expected dtype {A.dtype} on {A.device}, got {P.dtype} on {P.device}"
+            )
+        super().__init__((A.shape[0], P.shape[1]), A.dtype, A.device)
+        self.A, self.P = A, P
+
+    def _matvec(self, c):
+        return self.A.matvec(self.P @ c)
+
+    def _rmatvec(self, y):
+        return self.P.T @ self.A.rmatvec(y)
+
+    def _matmat(self, C):
+        return self.A.matmat(self.P @ C)
+
+    def _rmatmat(self, Y):
+        return self.P.T @ self.A.rmatmat(Y)
+
+    def matmat_blocks(self, C):
+        """Yield ``(row_slice, (A P C)[row_slice])``: A's own row blocks when it has them."""
+        if hasattr(self.A, "matmat_blocks"):
+            yield from self.A.matmat_blocks(self.P @ C)
+        else:
+            yield slice(0, self.shape[0]), self.A.matmat(self.P @ C)
 
 
 class _ScipyOperator(LinearOperator):

@@ -9,7 +9,7 @@ import torch
 
 from .._checks import check_choice, check_positive_int, check_tolerance
 from .._utils import PeakMemory, progress, timed
-from ..operators import JacobianOperator, LinearOperator
+from ..operators import JacobianOperator, LinearOperator, SubspaceOperator
 from ..randomized import randomized_svd
 from ..solvers import lsmr
 from ._model import RefinedModel, _as_tuple
@@ -56,29 +56,6 @@ def _check_tensors(tensors, what: str, dtype, device):
             f"{what}: expected one leading (row) dimension, got shapes "
             f"{[tuple(x.shape) for x in tensors]}"
         )
-
-
-class _ReducedOperator(LinearOperator):
-    """``J P`` for a dense basis ``P`` (m x k): the reduced LSR operator, never stored."""
-
-    def __init__(self, J: JacobianOperator, P: torch.Tensor) -> None:
-        super().__init__((J.shape[0], P.shape[1]), J.dtype, J.device)
-        self.J, self.P = J, P
-
-    def _matvec(self, c):
-        return self.J.matvec(self.P @ c)
-
-    def _rmatvec(self, y):
-        return self.P.T @ self.J.rmatvec(y)
-
-    def _matmat(self, C):
-        return self.J.matmat(self.P @ C)
-
-    def _rmatmat(self, Y):
-        return self.P.T @ self.J.rmatmat(Y)
-
-    def matmat_blocks(self, C):
-        yield from self.J.matmat_blocks(self.P @ C)
 
 
 def solve_reduced(A: torch.Tensor, b: torch.Tensor, rcond: float | None = None) -> torch.Tensor:
@@ -498,7 +475,7 @@ def _subspace(
         else:
             from ..precond import SketchPreconditioner
 
-            Aop = _ReducedOperator(J, P)
+            Aop = SubspaceOperator(J, P)
             M = SketchPreconditioner(Aop, generator=generator)
             bar.update(1)
             res = lsmr(
