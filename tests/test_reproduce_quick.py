@@ -6,8 +6,19 @@ import argparse
 import json
 
 import pytest
+import torch
 
 from lsr_scale.problems._reproduce import add_reproduce_parser, format_table, run_reproduce
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These cases are small: one thread is as fast on a free runner and far faster on a
+    # shared one, where two threads per process oversubscribe the two cores.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_parser_registers_reproduce():
@@ -24,7 +35,8 @@ def test_parser_registers_reproduce():
 def test_quick_reproduction(workload, tmp_path, monkeypatch):
     monkeypatch.setenv("LSR_SCALE_NO_PROGRESS", "1")
     path = tmp_path / "rows.json"
-    rows = run_reproduce(workload, quick=True, json_path=path, progress=False)
+    # one thread: on a shared 2-core runner two threads oversubscribe badly
+    rows = run_reproduce(workload, quick=True, json_path=path, progress=False, threads=1)
     saved = json.loads(path.read_text())
     assert [r["method"] for r in saved] == [r["method"] for r in rows]
     for r in saved:
