@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,12 +42,12 @@ def plot(workload: str) -> None:
             marker="_",
             s=600,
             linewidths=3,
-            label="paper",
+            label="paper (one-shot LSR for refined rows)",
             zorder=3,
         )
     ax.set_yscale("log")
     ax.set_ylabel("relative L2 test error")
-    ax.set_title(f"{workload}: {rows[0]['case'].split(',')[0]}", fontsize=9)
+    ax.set_title(textwrap.fill(f"{workload}: {rows[0]['case']}", 60), fontsize=7)
     ax.tick_params(axis="x", rotation=30, labelsize=8)
     ax.legend(fontsize=8)
     if ncol == 2:

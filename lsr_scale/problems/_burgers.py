@@ -79,12 +79,15 @@ class DeepONetGrid(torch.nn.Module):
     JVP evaluates the branch net on ``B`` rows instead of ``B P``.
     """
 
-    def __init__(self, net: DeepONet) -> None:
+    def __init__(self, net: DeepONet, y: torch.Tensor | None = None) -> None:
         super().__init__()
         self.net = net
+        # Optional fixed trunk grid: then forward(u) takes one input with one row per
+        # function, as refine's validation scan expects.
+        self.register_buffer("y", y)
 
-    def forward(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.net.grid(u, y)
+    def forward(self, u: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net.grid(u, self.y if y is None else y)
 
 
 @dataclass
