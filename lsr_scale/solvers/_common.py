@@ -22,8 +22,8 @@ __all__ = ["Problem", "prepare", "sym_ortho", "safe_div", "stop_code", "finish"]
 # ---------------------------------------------------------------------------- scalar helpers
 def safe_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a / b`` elementwise, with 0 where ``b == 0`` (no host sync, no inf/nan)."""
-    nz = b != 0
-    return torch.where(nz, a / torch.where(nz, b, torch.ones_like(b)), torch.zeros_like(a))
+    # the discarded branch may hold inf/nan; torch.where never propagates it
+    return torch.where(b != 0, a / b, 0.0)
 
 
 def sym_ortho(a: torch.Tensor, b: torch.Tensor):
@@ -33,7 +33,7 @@ def sym_ortho(a: torch.Tensor, b: torch.Tensor):
     sign convention of Paige-Saunders' ``sym_ortho``: ``r >= 0``).
     """
     r = torch.hypot(a, b)
-    rs = torch.where(r == 0, torch.ones_like(r), r)
+    rs = torch.where(r == 0, 1.0, r)
     return a / rs, b / rs, r
 
 
@@ -53,7 +53,7 @@ def stop_code(itn, maxiter, test1, rtol, test2, atol, test3, ctol, t1) -> torch.
         (2, test2 <= atol),
         (1, test1 <= rtol),
     ):
-        code = torch.where(cond, torch.full_like(code, value), code)
+        code = torch.where(cond, value, code)
     return code
 
 
