@@ -40,7 +40,8 @@ def run_demo(args) -> list[dict]:
     from lsr_scale.problems import FunctionProblem
 
     device = resolve_device(args.device)
-    torch.set_num_threads(max(1, args.threads)) if args.threads else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     widths = (2, *[args.width] * args.depth, 1)
     prob = FunctionProblem(n_train=args.n_train, widths=widths, seed=args.seed, device=str(device))
     show = False if args.no_progress else None
@@ -231,7 +232,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0, help="seed for data, init and sketches")
     demo.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda[:i]'")
-    demo.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    demo.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (0: torch default); the demo problem is fastest on one",
+    )
     demo.add_argument("--out", default="lsr_demo_out", help="output directory")
     demo.add_argument("--no-plot", action="store_true", help="skip the PNG")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
