@@ -20,7 +20,7 @@ def _one_thread():
 
 
 def _rel(pred, y):
-    return float((pred - y).norm() / y.norm())
+    return float((pred - y).detach().norm() / y.norm())
 
 
 class SmallConv(nn.Module):

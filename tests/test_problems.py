@@ -88,6 +88,9 @@ def test_burgers_problem_is_seeded_and_grid_view_shares_parameters():
     assert {n[len("net.") :] for n, _ in view.named_parameters()} == dict(
         net.named_parameters()
     ).keys()
+    fixed = DeepONetGrid(net, y=y)  # fixed trunk grid: one input, one row per function
+    torch.testing.assert_close(fixed(u), view(u, y))
+    assert dict(fixed.named_parameters()).keys() == dict(view.named_parameters()).keys()
     err0 = a.test_error(lambda inp: net.grid(*inp))
     a.train(net, epochs=30, lr=3e-3, progress=False)
     assert a.test_error(lambda inp: net.grid(*inp)) < err0
