@@ -7,43 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["DeepONet", "make_activation", "plain_mlp"]
+from ._mlp import check_widths, mlp_layers
 
-_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
-
-
-def make_activation(activation) -> nn.Module:
-    """``"tanh" | "relu" | "gelu" | "silu"`` or an ``nn.Module`` -> a fresh module."""
-    if isinstance(activation, nn.Module):
-        return activation
-    if activation not in _ACTIVATIONS:
-        raise ValueError(
-            f"activation: expected one of {sorted(_ACTIVATIONS)} or an nn.Module, "
-            f"got {activation!r}"
-        )
-    return _ACTIVATIONS[activation]()
-
-
-def _check_widths(widths, name: str) -> list[int]:
-    widths = [int(w) for w in widths]
-    if len(widths) < 2 or any(w < 1 for w in widths):
-        raise ValueError(f"{name}: expected at least two positive widths, got {widths!r}")
-    return widths
-
-
-def plain_mlp(widths: Sequence[int], activation="tanh", last_activation: bool = False):
-    """``nn.Sequential`` of Linear layers with ``activation`` between them.
-
-    ``last_activation=True`` also applies the activation after the last layer (DeepONet
-    branch and trunk nets do, following Lu et al. 2021 and Wang et al. 2021).
-    """
-    widths = _check_widths(widths, "widths")
-    layers: list[nn.Module] = []
-    for i in range(len(widths) - 1):
-        layers.append(nn.Linear(widths[i], widths[i + 1]))
-        if i < len(widths) - 2 or last_activation:
-            layers.append(make_activation(activation))
-    return nn.Sequential(*layers)
+__all__ = ["DeepONet"]
 
 
 class DeepONet(nn.Module):
@@ -99,16 +65,16 @@ class DeepONet(nn.Module):
         trunk_last_activation: bool = True,
     ) -> None:
         super().__init__()
-        branch_widths = _check_widths(branch_widths, "branch_widths")
-        trunk_widths = _check_widths(trunk_widths, "trunk_widths")
+        branch_widths = check_widths(branch_widths, "branch_widths")
+        trunk_widths = check_widths(trunk_widths, "trunk_widths")
         if branch_widths[-1] != trunk_widths[-1]:
             raise ValueError(
                 "branch_widths/trunk_widths: expected the same latent width, got "
                 f"{branch_widths[-1]} and {trunk_widths[-1]}"
             )
         if arch == "mlp":
-            self.branch = plain_mlp(branch_widths, activation)
-            self.trunk = plain_mlp(trunk_widths, activation, last_activation=trunk_last_activation)
+            self.branch = mlp_layers(branch_widths, activation)
+            self.trunk = mlp_layers(trunk_widths, activation, last_activation=trunk_last_activation)
         elif arch == "modified":
             from ._modified_mlp import ModifiedMLP
 

@@ -1,19 +1,13 @@
-"""A plain multilayer perceptron."""
+"""A plain multilayer perceptron, and the layer helpers the other models build on."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["MLP", "activation_module"]
-
-_ACTIVATIONS = {
-    "tanh": nn.Tanh,
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "sin": None,
-}
+__all__ = ["MLP", "activation_module", "check_widths", "mlp_layers"]
 
 
 class _Sin(nn.Module):
@@ -21,11 +15,43 @@ class _Sin(nn.Module):
         return torch.sin(x)
 
 
-def activation_module(name: str) -> nn.Module:
-    """Return a fresh activation module by name ("tanh", "relu", "gelu", "silu", "sin")."""
-    if name not in _ACTIVATIONS:
-        raise ValueError(f"activation: expected one of {sorted(_ACTIVATIONS)}, got {name!r}")
-    return _Sin() if name == "sin" else _ACTIVATIONS[name]()
+_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "sin": _Sin}
+
+
+def activation_module(activation) -> nn.Module:
+    """A fresh activation module by name (``"tanh"``, ``"relu"``, ``"gelu"``, ``"silu"``,
+    ``"sin"``); an ``nn.Module`` is returned as it is."""
+    if isinstance(activation, nn.Module):
+        return activation
+    if activation not in _ACTIVATIONS:
+        raise ValueError(
+            f"activation: expected one of {sorted(_ACTIVATIONS)} or an nn.Module, "
+            f"got {activation!r}"
+        )
+    return _ACTIVATIONS[activation]()
+
+
+def check_widths(widths, name: str = "widths") -> list[int]:
+    """Layer widths as ints: at least two, all positive."""
+    widths = [int(w) for w in widths]
+    if len(widths) < 2 or any(w < 1 for w in widths):
+        raise ValueError(f"{name}: expected at least two positive widths, got {widths!r}")
+    return widths
+
+
+def mlp_layers(widths: Sequence[int], activation="tanh", last_activation: bool = False):
+    """``nn.Sequential`` of Linear layers with ``activation`` between them.
+
+    ``last_activation=True`` also applies the activation after the last layer (DeepONet
+    branch and trunk nets do, following Lu et al. 2021 and Wang et al. 2021).
+    """
+    widths = check_widths(widths)
+    layers: list[nn.Module] = []
+    for i in range(len(widths) - 1):
+        layers.append(nn.Linear(widths[i], widths[i + 1]))
+        if i < len(widths) - 2 or last_activation:
+            layers.append(activation_module(activation))
+    return nn.Sequential(*layers)
 
 
 class MLP(nn.Module):
@@ -47,16 +73,8 @@ class MLP(nn.Module):
 
     def __init__(self, widths, activation: str = "tanh") -> None:
         super().__init__()
-        widths = [int(w) for w in widths]
-        if len(widths) < 2 or any(w <= 0 for w in widths):
-            raise ValueError(f"widths: expected >= 2 positive ints, got {widths}")
-        layers: list[nn.Module] = []
-        for i in range(len(widths) - 1):
-            layers.append(nn.Linear(widths[i], widths[i + 1]))
-            if i < len(widths) - 2:
-                layers.append(activation_module(activation))
-        self.net = nn.Sequential(*layers)
-        self.widths = widths
+        self.net = mlp_layers(widths, activation)
+        self.widths = check_widths(widths)
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

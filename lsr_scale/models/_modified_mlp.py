@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._deeponet import _check_widths, make_activation
+from ._mlp import activation_module, check_widths
 
 __all__ = ["ModifiedMLP"]
 
@@ -44,7 +44,7 @@ class ModifiedMLP(nn.Module):
 
     def __init__(self, widths: Sequence[int], activation="tanh") -> None:
         super().__init__()
-        widths = _check_widths(widths, "widths")
+        widths = check_widths(widths, "widths")
         if len(widths) < 3:
             raise ValueError(f"widths: expected at least one hidden layer, got {widths!r}")
         hidden = widths[1:-1]
@@ -57,7 +57,7 @@ class ModifiedMLP(nn.Module):
             [nn.Linear(widths[0], h)] + [nn.Linear(h, h) for _ in range(len(hidden) - 1)]
         )
         self.out = nn.Linear(h, widths[-1])
-        self.act = make_activation(activation)
+        self.act = activation_module(activation)
         self.widths = widths
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
