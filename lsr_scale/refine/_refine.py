@@ -105,7 +105,7 @@ def refine(
     space: str = "parameter",
     jvp: str = "auto",
     chunk_size: int | None = None,
-    batch_size: int | None = None,
+    batch_size: int | None = 64,
     dtype: torch.dtype | None = None,
     generator: torch.Generator | None = None,
     progress_bar: bool | None = None,
@@ -173,7 +173,10 @@ def refine(
     chunk_size : int, optional
         Data rows per Jacobian block (bounds memory on large n).
     batch_size : int, optional
-        Columns per batched JVP/VJP (bounds memory of the range finder).
+        Columns per batched JVP/VJP (default 64; None: all at once). Bounds the memory of the
+        range finder and of ``G0 P``: a batch holds one copy of the network's activations per
+        column. On the demo problem 64 was both faster and 2.5x leaner than all 610 at once
+        (CPU); on a GPU with memory to spare a larger value may be faster.
     dtype : torch.dtype, optional
         Work in this precision (e.g. ``torch.float64``) on a converted copy of the model.
     generator : torch.Generator, optional
