@@ -10,6 +10,7 @@ import torch
 from .._checks import check_choice, check_positive_int, check_tolerance
 from .._utils import PeakMemory, progress, timed
 from ..operators import JacobianOperator, LinearOperator, SubspaceOperator
+from ..operators._jacobian import _select_param_names
 from ..randomized import randomized_svd
 from ..solvers import lsmr
 from ._model import RefinedModel, _as_tuple
@@ -282,7 +283,7 @@ def refine(
                     batch_size=batch_size,
                 )
             else:
-                names = _select_names(model, params)
+                names = _select_param_names(dict(model.named_parameters()), params)
                 theta = {k: v.detach() for k, v in model.named_parameters() if k in names}
                 J = JacobianOperator(residual_fn, theta, jvp=jvp, batch_size=batch_size)
         bar.update(1)
@@ -351,23 +352,6 @@ def refine(
     )
     frozen = work if work is not model else copy.deepcopy(model)
     return RefinedModel(frozen, J.param_names, delta.detach(), info)
-
-
-def _select_names(model, params):
-    all_names = [k for k, p in model.named_parameters() if p.requires_grad]
-    if params is None:
-        return all_names
-    if isinstance(params, str):
-        params = [params]
-    names = list(params)
-    valid = dict(model.named_parameters())
-    unknown = [k for k in names if k not in valid]
-    if unknown:
-        raise ValueError(
-            f"params: expected names of the model's parameters, got unknown {unknown}; "
-            f"valid names are {list(valid)}"
-        )
-    return names
 
 
 def _rank_grid(k_max: int) -> list[int]:
