@@ -16,7 +16,17 @@ import torch
 from .._checks import _same_device, check_nonnegative_int, check_tolerance, describe
 from ..operators import LinearOperator, aslinearoperator
 
-__all__ = ["Problem", "prepare", "sym_ortho", "safe_div", "stop_code", "finish"]
+__all__ = [
+    "Problem",
+    "prepare",
+    "sym_ortho",
+    "safe_div",
+    "stop_code",
+    "finish",
+    "bidiag_start",
+    "bidiag_step",
+    "Record",
+]
 
 
 # ---------------------------------------------------------------------------- scalar helpers
@@ -248,3 +258,77 @@ def finish(prob: Problem, y, istop, itn, normr, normar, norma, conda, normx, his
         num_rmatvecs=nrmv,
         history=history,
     )
+
+
+# ---------------------------------------------------------------------------- LSQR/LSMR frame
+def bidiag_start(prob: Problem):
+    """First Golub-Kahan step of LSQR and LSMR: ``beta u = u``, ``alpha v = op^T u``.
+
+    Returns ``(beta, v, alpha, trivial)``. ``trivial`` (one host read) says that the solve
+    ends before the first iteration (scipy's early returns): ``b = 0`` (``x`` is then zeroed
+    and ``x0`` dropped), ``b - A x0 = 0`` (``v`` is None and ``alpha`` is 0) or
+    ``A^T (b - A x0) = 0``.
+    """
+    u, x = prob.u, prob.y
+    norm = torch.linalg.vector_norm
+    normb = prob.normb
+    beta = norm(u)
+    if float(normb) == 0.0 or float(beta) == 0.0:
+        if float(normb) == 0.0:
+            x.zero_()
+            prob.x0 = None
+        return beta, None, torch.zeros_like(beta), True
+    u.mul_(1.0 / beta)
+    v = prob.op.rmatvec(u).detach()
+    alpha = norm(v)
+    v.mul_(safe_div(torch.ones_like(alpha), alpha))
+    return beta, v, alpha, float(alpha) == 0.0
+
+
+def bidiag_step(op, u, v, alpha, one):
+    """One Golub-Kahan step in place: ``beta u = op v - alpha u``, ``alpha v = op^T u - beta v``.
+
+    Returns the new ``(beta, alpha)`` (0-d device tensors; no host sync).
+    """
+    norm = torch.linalg.vector_norm
+    u.mul_(-alpha).add_(op.matvec(v).detach())
+    beta = norm(u)
+    u.mul_(safe_div(one, beta))
+    v.mul_(-beta).add_(op.rmatvec(u).detach())
+    alpha = norm(v)
+    v.mul_(safe_div(one, alpha))
+    return beta, alpha
+
+
+class Record:
+    """LSQR's and LSMR's reported numbers, frozen on the device at the iteration whose
+    stopping test fired, with the per-iteration history, the callback and the host check.
+    """
+
+    def __init__(self, prob: Problem, normr, normar, norma, conda, normx) -> None:
+        dev = prob.u.device
+        self.prob = prob
+        self.vals = (normr, normar, norma, conda, normx)
+        self.done = torch.tensor(False, device=dev)
+        self.istop = torch.tensor(7, dtype=torch.int64, device=dev)
+        self.itn = torch.tensor(prob.maxiter, dtype=torch.int64, device=dev)
+        self.hist_r, self.hist_ar = [], []
+
+    def update(self, itn: int, code, x, normr, normar, norma, conda, normx) -> bool:
+        """Record iteration ``itn`` (values ignored once done); True when the loop should end."""
+        done, prob = self.done, self.prob
+        new = (normr, normar, norma, conda, normx)
+        self.vals = tuple(torch.where(done, old, v) for old, v in zip(self.vals, new))
+        self.istop = torch.where(done, self.istop, code)
+        self.itn = torch.where(done, self.itn, torch.full_like(self.itn, itn))
+        self.done = done | (code > 0)
+        self.hist_r.append(self.vals[0])
+        self.hist_ar.append(self.vals[1])
+        if prob.callback is not None:
+            prob.callback(prob.to_x(x))
+        return itn % prob.check_every == 0 and bool(self.done)
+
+    def result(self, x, itn: int):
+        """The :class:`SolverResult` after ``itn`` loop iterations (``itn = 0``: maxiter 0)."""
+        itn_rec = torch.tensor(0, device=self.prob.u.device) if itn == 0 else self.itn
+        return finish(self.prob, x, self.istop, itn_rec, *self.vals, self.hist_r, self.hist_ar)

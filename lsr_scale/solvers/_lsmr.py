@@ -5,7 +5,16 @@ from __future__ import annotations
 import torch
 
 from .. import _kernels
-from ._common import finish, prepare, safe_div, stop_code, sym_ortho
+from ._common import (
+    Record,
+    bidiag_start,
+    bidiag_step,
+    finish,
+    prepare,
+    safe_div,
+    stop_code,
+    sym_ortho,
+)
 from ._result import SolverResult
 
 __all__ = ["lsmr"]
@@ -136,22 +145,11 @@ def _lsmr(prob) -> SolverResult:
     one = T(1.0)
 
     normb = prob.normb
-    beta = norm(u)
-    # One host read at setup: the trivial cases (scipy's early returns).
-    if float(normb) == 0.0 or float(beta) == 0.0:
-        if float(normb) == 0.0:
-            x.zero_()
-            prob.x0 = None
-        zero = T(0.0)
-        normx = norm(x) if prob.M is None else zero
-        return finish(prob, x, 0, 0, beta, zero, zero, T(1.0), normx, [], [])
-    u.mul_(1.0 / beta)
-    v = op.rmatvec(u).detach()
-    alpha = norm(v)
-    v.mul_(safe_div(one, alpha))
-    if float(alpha) == 0.0:
-        normx = norm(x) if prob.M is None else T(0.0)
-        return finish(prob, x, 0, 0, beta, T(0.0), alpha, T(1.0), normx, [], [])
+    zero = T(0.0)
+    beta, v, alpha, trivial = bidiag_start(prob)
+    normx = norm(x) if prob.M is None else zero
+    if trivial:
+        return finish(prob, x, 0, 0, beta, zero, alpha, T(1.0), normx, [], [])
 
     damp = T(prob.damp)
     zetabar = alpha * beta
@@ -165,27 +163,14 @@ def _lsmr(prob) -> SolverResult:
     # ||A|| and cond(A) estimation
     normA2 = alpha * alpha
     maxrbar, minrbar = T(0.0), T(1e100)
-    # reported (frozen once done)
-    normr, normar, normA, condA = beta, alpha * beta, alpha, T(1.0)
-    normx = norm(x) if prob.M is None else T(0.0)
-    done = torch.tensor(False, device=dev)
-    istop = torch.tensor(7, dtype=torch.int64, device=dev)
-    itn_rec = torch.tensor(prob.maxiter, dtype=torch.int64, device=dev)
-    hist_r, hist_ar = [], []
+    rec = Record(prob, beta, alpha * beta, alpha, T(1.0), normx)  # reported (frozen once done)
     atol, btol, ctol = prob.atol, prob.btol, prob.ctol
     inf = T(float("inf"))
-    zero = T(0.0)
 
     itn = 0
     while itn < prob.maxiter:
         itn += 1
-        # Golub-Kahan step: beta u = A v - alpha u, alpha v = A^T u - beta v.
-        u.mul_(-alpha).add_(op.matvec(v).detach())
-        beta = norm(u)
-        u.mul_(safe_div(one, beta))
-        v.mul_(-beta).add_(op.rmatvec(u).detach())
-        alpha = norm(v)
-        v.mul_(safe_div(one, alpha))
+        beta, alpha = bidiag_step(op, u, v, alpha, one)
 
         # Rotation Qhat_{k,2k+1} (damping), then Q_k turning B_k into R_k.
         chat, shat, alphahat = sym_ortho(alphabar, damp)
@@ -202,7 +187,7 @@ def _lsmr(prob) -> SolverResult:
         zetabar = -sbar * zetabar
 
         # hbar = h + a hbar; x += b hbar; h = v + c h  (coefficients masked once done).
-        live = ~done
+        live = ~rec.done
         ca = torch.where(live, -safe_div(thetabar * rho, rhoold * rhobarold), zero)
         cb = torch.where(live, safe_div(zeta, rho * rhobar), zero)
         cc = torch.where(live, -safe_div(thetanew, rho), zero)
@@ -243,22 +228,6 @@ def _lsmr(prob) -> SolverResult:
         rtol = btol + atol * normA_k * normx_k / normb
         code = stop_code(itn, prob.maxiter, test1, rtol, test2, atol, test3, ctol, t1)
 
-        normr = torch.where(done, normr, normr_k)
-        normar = torch.where(done, normar, normar_k)
-        normA = torch.where(done, normA, normA_k)
-        condA = torch.where(done, condA, condA_k)
-        normx = torch.where(done, normx, normx_k)
-        istop = torch.where(done, istop, code)
-        itn_rec = torch.where(done, itn_rec, torch.full_like(itn_rec, itn))
-        done = done | (code > 0)
-        hist_r.append(normr)
-        hist_ar.append(normar)
-
-        if prob.callback is not None:
-            prob.callback(prob.to_x(x))
-        if itn % prob.check_every == 0 and bool(done):
+        if rec.update(itn, code, x, normr_k, normar_k, normA_k, condA_k, normx_k):
             break
-
-    if itn == 0:  # maxiter == 0
-        itn_rec = torch.tensor(0, device=dev)
-    return finish(prob, x, istop, itn_rec, normr, normar, normA, condA, normx, hist_r, hist_ar)
+    return rec.result(x, itn)

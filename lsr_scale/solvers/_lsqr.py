@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from ._common import finish, prepare, safe_div, stop_code, sym_ortho
+from ._common import (
+    Record,
+    bidiag_start,
+    bidiag_step,
+    finish,
+    prepare,
+    safe_div,
+    stop_code,
+    sym_ortho,
+)
 from ._result import SolverResult
 
 __all__ = ["lsqr"]
@@ -134,19 +143,9 @@ def _lsqr(prob) -> SolverResult:
 
     eps = torch.finfo(dtype).eps
     normb = prob.normb
-    beta = norm(u)
     zero = T(0.0)
-    # One host read at setup: the trivial cases (scipy's early returns).
-    if float(normb) == 0.0 or float(beta) == 0.0:
-        if float(normb) == 0.0:
-            x.zero_()
-            prob.x0 = None
-        return finish(prob, x, 0, 0, beta, zero, zero, zero, zero, [], [])
-    u.mul_(1.0 / beta)
-    v = op.rmatvec(u).detach()
-    alfa = norm(v)
-    v.mul_(safe_div(one, alfa))
-    if float(alfa) == 0.0:
+    beta, v, alfa, trivial = bidiag_start(prob)
+    if trivial:
         return finish(prob, x, 0, 0, beta, zero, zero, zero, zero, [], [])
 
     damp = prob.damp
@@ -155,27 +154,19 @@ def _lsqr(prob) -> SolverResult:
     rhobar, phibar = alfa, beta
     anorm, ddnorm, res2, xxnorm, z = zero, zero, zero, zero, zero
     cs2, sn2 = T(-1.0), T(0.0)
-    # reported (frozen once done)
-    normr, normar, norma, conda, normx = beta, alfa * beta, zero, zero, zero
-    done = torch.tensor(False, device=dev)
-    istop = torch.tensor(7, dtype=torch.int64, device=dev)
-    itn_rec = torch.tensor(prob.maxiter, dtype=torch.int64, device=dev)
-    hist_r, hist_ar = [], []
+    rec = Record(prob, beta, alfa * beta, zero, zero, zero)  # reported (frozen once done)
     atol, btol, ctol = prob.atol, prob.btol, prob.ctol
 
     itn = 0
     while itn < prob.maxiter:
         itn += 1
-        # Golub-Kahan step: beta u = A v - alfa u, alfa v = A^T u - beta v.
-        u.mul_(-alfa).add_(op.matvec(v).detach())
-        beta = norm(u)
-        u.mul_(safe_div(one, beta))
+        alfa_old = alfa
+        beta, alfa = bidiag_step(op, u, v, alfa, one)
         anorm = torch.where(
-            beta > 0, torch.sqrt(anorm * anorm + alfa * alfa + beta * beta + dampsq), anorm
+            beta > 0,
+            torch.sqrt(anorm * anorm + alfa_old * alfa_old + beta * beta + dampsq),
+            anorm,
         )
-        v.mul_(-beta).add_(op.rmatvec(u).detach())
-        alfa = norm(v)
-        v.mul_(safe_div(one, alfa))
 
         # Eliminate the damping, then the subdiagonal beta.
         if damp > 0:
@@ -194,7 +185,7 @@ def _lsqr(prob) -> SolverResult:
         tau = sn * phi
 
         # x += (phi/rho) w; w = v - (theta/rho) w  (x update masked once done).
-        live = ~done
+        live = ~rec.done
         t1 = torch.where(live, safe_div(phi, rho), zero)
         t2 = -safe_div(theta, rho)
         ddnorm = ddnorm + safe_div(norm(w), rho) ** 2
@@ -225,22 +216,6 @@ def _lsqr(prob) -> SolverResult:
         rtol = btol + atol * anorm * xnorm / normb
         code = stop_code(itn, prob.maxiter, test1, rtol, test2, atol, test3, ctol, tt1)
 
-        normr = torch.where(done, normr, rnorm)
-        normar = torch.where(done, normar, arnorm)
-        norma = torch.where(done, norma, anorm)
-        conda = torch.where(done, conda, acond)
-        normx = torch.where(done, normx, xnorm)
-        istop = torch.where(done, istop, code)
-        itn_rec = torch.where(done, itn_rec, torch.full_like(itn_rec, itn))
-        done = done | (code > 0)
-        hist_r.append(normr)
-        hist_ar.append(normar)
-
-        if prob.callback is not None:
-            prob.callback(prob.to_x(x))
-        if itn % prob.check_every == 0 and bool(done):
+        if rec.update(itn, code, x, rnorm, arnorm, anorm, acond, xnorm):
             break
-
-    if itn == 0:  # maxiter == 0
-        itn_rec = torch.tensor(0, device=dev)
-    return finish(prob, x, istop, itn_rec, normr, normar, norma, conda, normx, hist_r, hist_ar)
+    return rec.result(x, itn)
