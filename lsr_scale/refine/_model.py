@@ -19,6 +19,31 @@ def _as_tuple(inputs):
     return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
 
 
+def check_inputs(
+    tensors, what: str, dtype, device, *, whose="the model's", hint="", allow_empty=False
+) -> None:
+    """Raise unless ``tensors`` are tensors with ``dtype`` (floating ones), ``device`` and one
+    leading (row) dimension, non-empty unless ``allow_empty``."""
+    for i, x in enumerate(tensors):
+        name = f"{what}[{i}]" if len(tensors) > 1 else what
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+        if x.ndim == 0 or (x.shape[0] == 0 and not allow_empty):
+            raise ValueError(
+                f"{name}: expected at least one row of data, got shape {tuple(x.shape)}"
+            )
+        if x.is_floating_point() and x.dtype != dtype:
+            raise TypeError(f"{name}: expected dtype {dtype} ({whose}), got {x.dtype}{hint}")
+        if x.device != device:
+            raise ValueError(f"{name}: expected device {device} ({whose}), got {x.device}")
+    n = tensors[0].shape[0]
+    if any(x.shape[0] != n for x in tensors):
+        raise ValueError(
+            f"{what}: expected one leading (row) dimension, got shapes "
+            f"{[tuple(x.shape) for x in tensors]}"
+        )
+
+
 def _param_signature(model: torch.nn.Module) -> dict[str, tuple]:
     return {name: tuple(p.shape) for name, p in model.named_parameters()}
 
@@ -82,21 +107,10 @@ class RefinedModel:
         (None: one batch). They must already have the refined model's dtype and device.
         """
         inputs = _as_tuple(inputs)
-        for i, x in enumerate(inputs):
-            if not isinstance(x, torch.Tensor):
-                raise TypeError(f"inputs[{i}]: expected a torch.Tensor, got {type(x).__name__}")
-            if x.is_floating_point() and x.dtype != self.dtype:
-                raise TypeError(
-                    f"inputs[{i}]: expected dtype {self.dtype} (the refined model's), got {x.dtype}"
-                )
-            if x.device != self.device:
-                raise ValueError(f"inputs[{i}]: expected device {self.device}, got {x.device}")
+        check_inputs(
+            inputs, "inputs", self.dtype, self.device, whose="the refined model's", allow_empty=True
+        )
         n = inputs[0].shape[0]
-        if any(x.shape[0] != n for x in inputs):
-            raise ValueError(
-                "inputs: expected one leading (row) dimension, got shapes "
-                f"{[tuple(x.shape) for x in inputs]}"
-            )
         tangents = self.delta_dict
         step = n if not batch_size else int(batch_size)
         outs = []

@@ -13,9 +13,11 @@ from ..operators import JacobianOperator, LinearOperator, SubspaceOperator
 from ..operators._jacobian import _select_param_names
 from ..randomized import randomized_svd
 from ..solvers import lsmr
-from ._model import RefinedModel, _as_tuple
+from ._model import RefinedModel, _as_tuple, check_inputs
 
 __all__ = ["refine", "solve_reduced", "default_rank"]
+
+_DTYPE_HINT = "; convert it, or pass dtype= to refine to work in another precision"
 
 # Dense reduced problems larger than this go to sketch-preconditioned LSMR instead.
 _DEFAULT_MAX_DENSE_BYTES = 2 * 1024**3
@@ -33,30 +35,6 @@ def _check_model(model):
     if p is None:
         raise ValueError("model: expected a module with parameters, got one with none")
     return p.dtype, p.device
-
-
-def _check_tensors(tensors, what: str, dtype, device):
-    for i, x in enumerate(tensors):
-        name = f"{what}[{i}]" if len(tensors) > 1 else what
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-        if x.ndim == 0 or x.shape[0] == 0:
-            raise ValueError(
-                f"{name}: expected at least one row of data, got shape {tuple(x.shape)}"
-            )
-        if x.is_floating_point() and x.dtype != dtype:
-            raise TypeError(
-                f"{name}: expected dtype {dtype} (the model's), got {x.dtype}; convert it, or "
-                f"pass dtype= to refine to work in another precision"
-            )
-        if x.device != device:
-            raise ValueError(f"{name}: expected device {device} (the model's), got {x.device}")
-    n = tensors[0].shape[0]
-    if any(x.shape[0] != n for x in tensors):
-        raise ValueError(
-            f"{what}: expected one leading (row) dimension, got shapes "
-            f"{[tuple(x.shape) for x in tensors]}"
-        )
 
 
 def solve_reduced(A: torch.Tensor, b: torch.Tensor, rcond: float | None = None) -> torch.Tensor:
@@ -258,8 +236,8 @@ def refine(
         if work is not model:
             inputs = tuple(convert(x) for x in inputs)
             targets = convert(targets) if isinstance(targets, torch.Tensor) else targets
-        _check_tensors(inputs, "inputs", wdtype, device)
-        _check_tensors((targets,), "targets", wdtype, device)
+        check_inputs(inputs, "inputs", wdtype, device, hint=_DTYPE_HINT)
+        check_inputs((targets,), "targets", wdtype, device, hint=_DTYPE_HINT)
     bar = progress(
         total=4,
         desc=f"refine ({method})",
@@ -400,7 +378,7 @@ def _subspace(
                 "got None"
             )
         sub_in = _as_tuple(sub_in)
-        _check_tensors(sub_in, "subspace_inputs", wdtype, device)
+        check_inputs(sub_in, "subspace_inputs", wdtype, device, hint=_DTYPE_HINT)
         Js = JacobianOperator.from_module(
             work, sub_in, None, params=J.param_names, batch_size=batch_size, check=False
         )
@@ -480,7 +458,7 @@ def _scan_ranks(A, b, P, work, J, validation, rank_candidates, k_max, rcond, bat
     if not isinstance(validation, (tuple, list)) or len(validation) != 2:
         raise ValueError("validation: expected a pair (inputs, targets)")
     v_in, v_tgt = _as_tuple(validation[0]), validation[1]
-    _check_tensors(v_in, "validation inputs", J.dtype, J.device)
+    check_inputs(v_in, "validation inputs", J.dtype, J.device, hint=_DTYPE_HINT)
     Jv = JacobianOperator.from_module(
         work, v_in, None, params=J.param_names, batch_size=batch_size, check=False
     )
