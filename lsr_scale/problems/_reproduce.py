@@ -60,11 +60,30 @@ def _refine_row(method, refined, err, base, paper=None, case="", **extra):
     )
 
 
+def _load_or_train(net, name: str, quick: bool, retrain: bool, train):
+    """The trained baseline: the committed checkpoint ``name`` loaded into ``net`` (full case,
+    unless ``retrain``), else ``train()``. Returns ``(checkpoint path, train wall s, the
+    checkpoint's metadata or {} when trained here, peak memory bytes)``.
+    """
+    from ._checkpoint import checkpoint_path, load_checkpoint
+
+    ck = checkpoint_path(name)
+    meta = {}
+    t0 = time.perf_counter()
+    with _peak() as pm:
+        if not quick and not retrain and ck.exists():
+            meta = load_checkpoint(net, ck)
+            train_s = meta.get("train_wall_s", 0.0)
+        else:
+            train()
+            train_s = time.perf_counter() - t0
+    return ck, train_s, meta, pm.peak_bytes
+
+
 # ---------------------------------------------------------------------- function
 def _function(quick: bool, retrain: bool, progress):
     import lsr_scale as ls
 
-    from ._checkpoint import checkpoint_path, load_checkpoint
     from ._function import FunctionProblem
 
     if quick:
@@ -76,15 +95,13 @@ def _function(quick: bool, retrain: bool, progress):
         case = "paper net and points: MLP [2, 128x6, 1], 8,000 points; CPU-scaled training and rank"
         epochs, rank, kit = 800, 300, 100
     net = prob.make_model()
-    ck = checkpoint_path("function_mlp")
-    t0 = time.perf_counter()
-    with _peak() as pm:
-        if not quick and not retrain and ck.exists():
-            meta = load_checkpoint(net, ck)
-            train_s = meta.get("train_wall_s", 0.0)
-        else:
-            prob.train(net, epochs=epochs, lr=3e-3, progress=progress)
-            train_s = time.perf_counter() - t0
+    ck, train_s, meta, peak = _load_or_train(
+        net,
+        "function_mlp",
+        quick,
+        retrain,
+        lambda: prob.train(net, epochs=epochs, lr=3e-3, progress=progress),
+    )
     if not quick and (retrain or not ck.exists()):
         from ._checkpoint import save_checkpoint
 
@@ -95,7 +112,7 @@ def _function(quick: bool, retrain: bool, progress):
     x_tr, y_tr = prob.x_train.double(), prob.y_train.double()
     err_fn = lambda pr: prob.test_error(lambda x: pr(x.double()))  # noqa: E731
     base = err_fn(net)
-    rows = [_row("trained", base, train_s, pm.peak_bytes, case=case + f", Adam {epochs} epochs")]
+    rows = [_row("trained", base, train_s, peak, case=case + f", Adam {epochs} epochs")]
     g = torch.Generator().manual_seed(0)
     r = ls.refine(
         net, data=(x_tr, y_tr), method="subspace", rank=rank, generator=g, progress_bar=progress
@@ -135,7 +152,6 @@ def _burgers(quick: bool, retrain: bool, progress):
     import lsr_scale as ls
 
     from ._burgers import BurgersProblem, DeepONetGrid
-    from ._checkpoint import checkpoint_path, load_checkpoint
 
     paper = {"trained": 1.08e-2, "subspace": 2.05e-3, "krylov": None}  # no Krylov in paper
     if quick:
@@ -149,15 +165,14 @@ def _burgers(quick: bool, retrain: bool, progress):
         case = "paper data sizes: 1,000/50 functions, DeepONet [128|1, 128x4]; own solver"
         epochs, rank, kit, prank = 40000, 1000, 500, 300
     net = prob.make_model()
-    ck = checkpoint_path("burgers_deeponet")
-    t0 = time.perf_counter()
-    with _peak() as pm:
-        if not quick and not retrain and ck.exists():
-            meta = load_checkpoint(net, ck)
-            train_s, epochs = meta.get("train_wall_s", 0.0), meta.get("epochs", epochs)
-        else:
-            prob.train(net, epochs=epochs, lr=1e-3, batch=prob.n_train, progress=progress)
-            train_s = time.perf_counter() - t0
+    _, train_s, meta, peak = _load_or_train(
+        net,
+        "burgers_deeponet",
+        quick,
+        retrain,
+        lambda: prob.train(net, epochs=epochs, lr=1e-3, batch=prob.n_train, progress=progress),
+    )
+    epochs = meta.get("epochs", epochs)
     (u, y), s = prob.train_data
     view = DeepONetGrid(net, y=y)  # one row per function: forward(u) on the fixed grid
 
@@ -170,7 +185,7 @@ def _burgers(quick: bool, retrain: bool, progress):
             "trained",
             base,
             train_s,
-            pm.peak_bytes,
+            peak,
             paper=paper["trained"],
             case=case + f", Adam {epochs} epochs (CPU)",
         )
@@ -259,7 +274,6 @@ def _antiderivative(quick: bool, retrain: bool, progress):
     import lsr_scale as ls
 
     from ._antiderivative import AntiderivativeProblem
-    from ._checkpoint import checkpoint_path, load_checkpoint
 
     paper = {"trained": 3.69e-3, "subspace": 1.53e-5, "krylov": None}  # no Krylov in paper
     if quick:
@@ -271,15 +285,14 @@ def _antiderivative(quick: bool, retrain: bool, progress):
         case = "paper net [100|1, 50x5], 1,000 train functions (CPU), 100 test instances"
         epochs = 15000
     net = prob.make_model()
-    ck = checkpoint_path("antiderivative_pideeponet")
-    t0 = time.perf_counter()
-    with _peak() as pm:
-        if not quick and not retrain and ck.exists():
-            meta = load_checkpoint(net, ck)
-            train_s, epochs = meta.get("train_wall_s", 0.0), meta.get("epochs", epochs)
-        else:
-            prob.train(net, epochs=epochs, progress=progress)
-            train_s = time.perf_counter() - t0
+    _, train_s, meta, peak = _load_or_train(
+        net,
+        "antiderivative_pideeponet",
+        quick,
+        retrain,
+        lambda: prob.train(net, epochs=epochs, progress=progress),
+    )
+    epochs = meta.get("epochs", epochs)
     base_each = prob.instance_errors(lambda inp: net.grid(*inp))
     base = float(base_each.mean())
     rows = [
@@ -287,7 +300,7 @@ def _antiderivative(quick: bool, retrain: bool, progress):
             "trained",
             base,
             train_s,
-            pm.peak_bytes,
+            peak,
             paper=paper["trained"],
             case=case + f", physics-informed Adam {epochs} epochs",
         )
@@ -334,7 +347,6 @@ def _poisson(quick: bool, retrain: bool, progress, curves: dict | None = None):
     import lsr_scale as ls
 
     from ..refine._iterative import iterative_refine
-    from ._checkpoint import checkpoint_path, load_checkpoint
     from ._poisson import CPU_CONFIG, PoissonProblem
 
     if quick:
@@ -350,17 +362,16 @@ def _poisson(quick: bool, retrain: bool, progress, curves: dict | None = None):
         epochs, rank, outer, align_iters, kit = 3000, 500, 4, 300, 300
     prob = PoissonProblem(**cfg, dtype=torch.float64)
     net = prob.make_model()
-    ck = checkpoint_path("poisson_pinn")
-    t0 = time.perf_counter()
-    with _peak() as pm:
-        if not quick and not retrain and ck.exists():
-            meta = load_checkpoint(net, ck)
-            train_s, epochs = meta.get("train_wall_s", 0.0), meta.get("epochs", epochs)
-        else:
-            prob.train(net, epochs=epochs, lr=3e-3, progress=progress)
-            train_s = time.perf_counter() - t0
+    _, train_s, meta, peak = _load_or_train(
+        net,
+        "poisson_pinn",
+        quick,
+        retrain,
+        lambda: prob.train(net, epochs=epochs, lr=3e-3, progress=progress),
+    )
+    epochs = meta.get("epochs", epochs)
     base = prob.test_error(net)
-    rows = [_row("trained", base, train_s, pm.peak_bytes, case=case + f", Adam {epochs} epochs")]
+    rows = [_row("trained", base, train_s, peak, case=case + f", Adam {epochs} epochs")]
     g = torch.Generator().manual_seed(0)
     fn = prob.residual_fn(net)
     sub = prob.x_int[torch.randperm(prob.n_interior, generator=g)[: rank + 1000]]
