@@ -19,6 +19,7 @@ from torch.func import functional_call
 
 from .. import pde
 from ..models._deeponet import DeepONet
+from ._common import adam_loop
 from ._grf import rbf_grf
 
 __all__ = ["AntiderivativeProblem"]
@@ -119,36 +120,27 @@ class AntiderivativeProblem:
     ) -> list[float]:
         """Physics-informed Adam: ``mean (dG/dy - s)^2 + mean G(s)(0)^2`` over random
         residual points (shared by the functions of a batch), lr decaying 100x."""
-        from .._utils import progress as _progress
-
-        opt = torch.optim.Adam(net.parameters(), lr=lr)
-        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.01 ** (1 / max(epochs, 1)))
         g = torch.Generator().manual_seed(self.seed + 1)
         zero = torch.zeros(1, 1, dtype=self.dtype, device=self.device)
-        hist = []
-        bar = _progress(
-            total=epochs,
-            desc="train PI-DeepONet",
-            disable=None if progress is None else not progress,
-        )
-        for ep in range(epochs):
+
+        def loss_at(ep):
             idx = torch.randperm(self.n_train, generator=g)[:batch]
             y = torch.rand(n_points, 1, generator=g).to(self.dtype)
             b = net.branch(self.b_train[idx])
             t, dt = torch.func.jvp(net.trunk, (y,), (torch.ones_like(y),))
             res = b @ dt.T - _interp(self.x_fine, self.s_train_fine[idx], y)
             ic = b @ net.trunk(zero).T + net.bias
-            loss = res.square().mean() + ic.square().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ep % 100 == 0 or ep == epochs - 1:
-                hist.append(float(loss.detach()))
-                bar.set_postfix(loss=f"{hist[-1]:.3e}")
-            bar.update(1)
-        bar.close()
-        return hist
+            return res.square().mean() + ic.square().mean()
+
+        return adam_loop(
+            net,
+            loss_at,
+            epochs=epochs,
+            lr=lr,
+            gamma=0.01 ** (1 / max(epochs, 1)),
+            progress=progress,
+            desc="train PI-DeepONet",
+        )
 
     # ------------------------------------------------------------------ evaluation
     def instance_errors(self, predict, idx=None) -> torch.Tensor:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..models._deeponet import DeepONet
-from ._common import rel_l2
+from ._common import adam_loop, rel_l2
 from ._grf import interp_periodic, periodic_grf
 
 __all__ = ["solve_burgers", "BurgersProblem", "DeepONetGrid"]
@@ -171,30 +171,21 @@ class BurgersProblem:
     ) -> list[float]:
         """Adam on the mean squared error over all (function, point) pairs, mini-batched
         over functions, learning rate decaying 100x over the run."""
-        from .._utils import progress as _progress
-
-        opt = torch.optim.Adam(net.parameters(), lr=lr)
-        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.01 ** (1 / max(epochs, 1)))
         g = torch.Generator().manual_seed(self.seed + 1)
-        hist = []
-        bar = _progress(
-            total=epochs,
-            desc="train Burgers DeepONet",
-            disable=None if progress is None else not progress,
-        )
-        for ep in range(epochs):
+
+        def loss_at(ep):
             idx = torch.randperm(self.n_train, generator=g)[:batch]
-            opt.zero_grad(set_to_none=True)
-            loss = torch.mean((net.grid(self.u_train[idx], self.y) - self.s_train[idx]) ** 2)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ep % 100 == 0 or ep == epochs - 1:
-                hist.append(float(loss.detach()))
-                bar.set_postfix(loss=f"{hist[-1]:.3e}")
-            bar.update(1)
-        bar.close()
-        return hist
+            return torch.mean((net.grid(self.u_train[idx], self.y) - self.s_train[idx]) ** 2)
+
+        return adam_loop(
+            net,
+            loss_at,
+            epochs=epochs,
+            lr=lr,
+            gamma=0.01 ** (1 / max(epochs, 1)),
+            progress=progress,
+            desc="train Burgers DeepONet",
+        )
 
     def test_error(self, predict) -> float:
         """Relative L2 error over the test set (all functions and points together)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["rel_l2", "train_adam"]
+__all__ = ["rel_l2", "train_adam", "adam_loop"]
 
 
 def rel_l2(pred: torch.Tensor, target: torch.Tensor) -> float:
@@ -34,16 +34,44 @@ def train_adam(
     Mutates ``model`` (this trains the user's baseline; refinement never does this).
     Returns the loss every ``log_every`` epochs.
     """
+    gamma = (final_lr / lr) ** (1.0 / max(epochs, 1)) if final_lr else 1.0
+    return adam_loop(
+        model,
+        lambda epoch: loss_fn(),
+        epochs=epochs,
+        lr=lr,
+        gamma=gamma,
+        progress=progress,
+        desc=desc,
+        log_every=log_every,
+    )
+
+
+def adam_loop(
+    model: torch.nn.Module,
+    loss_at,
+    *,
+    epochs: int,
+    lr: float,
+    gamma: float,
+    progress: bool | None = None,
+    desc: str = "train (Adam)",
+    log_every: int = 100,
+) -> list[float]:
+    """Adam on ``loss_at(epoch)`` with the learning rate multiplied by ``gamma`` each epoch.
+
+    The loop behind :func:`train_adam` and the workloads' ``train`` methods (which draw their
+    batches or points inside ``loss_at``). Returns the loss every ``log_every`` epochs.
+    """
     from .._utils import progress as _progress
 
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    gamma = (final_lr / lr) ** (1.0 / max(epochs, 1)) if final_lr else 1.0
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
     history: list[float] = []
     bar = _progress(total=epochs, desc=desc, disable=None if progress is None else not progress)
     for epoch in range(epochs):
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn()
+        loss = loss_at(epoch)
         loss.backward()
         opt.step()
         sched.step()

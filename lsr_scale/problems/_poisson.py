@@ -17,7 +17,7 @@ from torch.func import functional_call
 
 from .. import pde
 from ..models import MLP
-from ._common import rel_l2
+from ._common import adam_loop, rel_l2
 
 __all__ = ["PoissonProblem", "exact_solution", "source_term", "CPU_CONFIG"]
 
@@ -148,32 +148,23 @@ class PoissonProblem:
         self, net, *, epochs: int = 10000, lr: float = 1e-3, progress=None, resample_every: int = 0
     ) -> list[float]:
         """Full-batch Adam on :meth:`loss`, lr decaying 100x over the run."""
-        from .._utils import progress as _progress
-
-        opt = torch.optim.Adam(net.parameters(), lr=lr)
-        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.01 ** (1 / max(epochs, 1)))
         g = torch.Generator().manual_seed(self.seed + 7)
-        x_int, x_bc = self.x_int, self.x_bc
-        hist = []
-        bar = _progress(
-            total=epochs,
-            desc="train Poisson PINN",
-            disable=None if progress is None else not progress,
-        )
-        for ep in range(epochs):
+        pts = [self.x_int, self.x_bc]
+
+        def loss_at(ep):
             if resample_every and ep and ep % resample_every == 0:
-                x_int, x_bc = self.sample_points(g)
-            opt.zero_grad(set_to_none=True)
-            loss = self.loss(net, x_int, x_bc)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ep % 100 == 0 or ep == epochs - 1:
-                hist.append(float(loss.detach()))
-                bar.set_postfix(loss=f"{hist[-1]:.3e}")
-            bar.update(1)
-        bar.close()
-        return hist
+                pts[:] = self.sample_points(g)
+            return self.loss(net, *pts)
+
+        return adam_loop(
+            net,
+            loss_at,
+            epochs=epochs,
+            lr=lr,
+            gamma=0.01 ** (1 / max(epochs, 1)),
+            progress=progress,
+            desc="train Poisson PINN",
+        )
 
     def train_lbfgs(
         self, net, *, time_budget: float, chunk: int = 50, resample: bool = True, generator=None
