@@ -17,74 +17,75 @@ import torch
 from lsr_scale.problems._checkpoint import checkpoint_path, save_checkpoint
 
 
-def train_burgers(epochs: int) -> None:
-    from lsr_scale.problems._burgers import BurgersProblem
-
-    prob = BurgersProblem()
+def _train_and_save(workload, ck_name, prob, epochs, error, label, train_kw=None, **extra):
+    """Train ``prob``'s model for ``epochs``, print ``label`` ``error(net)`` and save the
+    checkpoint ``ck_name`` with its metadata (``lr`` when ``train_kw`` sets it, then ``extra``).
+    """
+    train_kw = train_kw or {}
     net = prob.make_model()
     t0 = time.perf_counter()
-    hist = prob.train(net, epochs=epochs, lr=1e-3, batch=prob.n_train, progress=True)
+    hist = prob.train(net, epochs=epochs, progress=True, **train_kw)
     wall = time.perf_counter() - t0
-    err = prob.test_error(lambda inp: net.grid(*inp))
-    print(f"burgers: {epochs} epochs, {wall:.0f} s, test rel L2 {err:.3e}")
+    err = error(net)
+    print(f"{workload}: {epochs} epochs, {wall:.0f} s, {label} {err:.3e}")
     meta = dict(
-        workload="burgers",
+        workload=workload,
         epochs=epochs,
-        lr=1e-3,
+        **({"lr": train_kw["lr"]} if "lr" in train_kw else {}),
         train_wall_s=wall,
         test_rel_l2=err,
         loss_history=hist[::10],
         device="cpu",
         seed=prob.seed,
+        **extra,
     )
-    save_checkpoint(net, checkpoint_path("burgers_deeponet"), meta)
+    save_checkpoint(net, checkpoint_path(ck_name), meta)
+
+
+def train_burgers(epochs: int) -> None:
+    from lsr_scale.problems._burgers import BurgersProblem
+
+    prob = BurgersProblem()
+    _train_and_save(
+        "burgers",
+        "burgers_deeponet",
+        prob,
+        epochs,
+        lambda net: prob.test_error(lambda inp: net.grid(*inp)),
+        "test rel L2",
+        train_kw=dict(lr=1e-3, batch=prob.n_train),
+    )
 
 
 def train_antiderivative(epochs: int) -> None:
     from lsr_scale.problems._antiderivative import AntiderivativeProblem
 
     prob = AntiderivativeProblem()
-    net = prob.make_model()
-    t0 = time.perf_counter()
-    hist = prob.train(net, epochs=epochs, progress=True)
-    wall = time.perf_counter() - t0
-    err = prob.test_error(net)
-    print(f"antiderivative: {epochs} epochs, {wall:.0f} s, mean test rel L2 {err:.3e}")
-    meta = dict(
-        workload="antiderivative",
-        epochs=epochs,
-        train_wall_s=wall,
-        test_rel_l2=err,
-        loss_history=hist[::10],
-        device="cpu",
-        seed=prob.seed,
+    _train_and_save(
+        "antiderivative",
+        "antiderivative_pideeponet",
+        prob,
+        epochs,
+        prob.test_error,
+        "mean test rel L2",
     )
-    save_checkpoint(net, checkpoint_path("antiderivative_pideeponet"), meta)
 
 
 def train_poisson(epochs: int) -> None:
     from lsr_scale.problems._poisson import CPU_CONFIG, PoissonProblem
 
     prob = PoissonProblem(**CPU_CONFIG)  # scaled down for the CPU; see CPU_CONFIG
-    net = prob.make_model()
-    t0 = time.perf_counter()
-    hist = prob.train(net, epochs=epochs, progress=True)
-    wall = time.perf_counter() - t0
-    err = prob.test_error(net)
-    print(f"poisson: {epochs} epochs, {wall:.0f} s, test rel L2 {err:.3e}")
-    meta = dict(
-        workload="poisson",
-        epochs=epochs,
-        train_wall_s=wall,
-        test_rel_l2=err,
-        loss_history=hist[::10],
-        device="cpu",
-        seed=prob.seed,
+    _train_and_save(
+        "poisson",
+        "poisson_pinn",
+        prob,
+        epochs,
+        prob.test_error,
+        "test rel L2",
         widths=list(prob.widths),
         n_interior=prob.n_interior,
         n_boundary=prob.n_boundary,
     )
-    save_checkpoint(net, checkpoint_path("poisson_pinn"), meta)
 
 
 TRAINERS = {
