@@ -7,18 +7,9 @@ import copy
 import pytest
 import torch
 
+import lsr_scale as ls
 from lsr_scale.problems._poisson import PoissonProblem
 from lsr_scale.refine._iterative import iterative_refine
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These cases are small: one thread is as fast on a free runner and far faster on a
-    # shared one, where two threads per process oversubscribe the two cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +34,7 @@ def test_iterative_refine_improves_and_leaves_model_alone(trained, align):
         collocation=lambda pts: pts[0],
         weights={"bc": prob.bc_weight},
         outer_iters=2,
-        rank=80,
+        method=ls.Subspace(rank=80),
         subspace_points=100,
         align=align,
         align_iters=60 if align == "lbfgs" else 100,
@@ -73,7 +64,7 @@ def test_iterative_refine_time_budget_and_checks(trained):
         sample_points=prob.sample_points,
         collocation=lambda pts: pts[0],
         outer_iters=5,
-        rank=20,
+        method=ls.Subspace(rank=20),
         subspace_points=20,
         align_iters=5,
         time_budget=0.0,

@@ -11,8 +11,6 @@ from lsr_scale.precond import (
     NystromPreconditioner,
     Preconditioner,
     SketchPreconditioner,
-    choose_preconditioner,
-    make_preconditioner,
 )
 from lsr_scale.testing import dottest
 
@@ -261,23 +259,29 @@ def test_jacobi_column_norms():
     torch.testing.assert_close(Mh.scale, M0.scale[1:], rtol=0.05, atol=0)
 
 
-def test_make_preconditioner():
+def test_preconditioner_specifications_build():
+    from lsr_scale.precond import Auto, Jacobi, Nystrom, Sketch, as_preconditioner
+
     tall = torch.randn(400, 10, dtype=F64, generator=_gen(0))
     square = torch.randn(60, 50, dtype=F64, generator=_gen(0))
-    assert make_preconditioner(None, tall) is None
-    assert isinstance(make_preconditioner("jacobi", tall), JacobiPreconditioner)
-    assert isinstance(make_preconditioner("sketch", tall, generator=_gen(1)), SketchPreconditioner)
-    ny = make_preconditioner("nystrom", square, rank=7, damp=0.1, generator=_gen(1))
+    assert as_preconditioner(None) is None
+    assert isinstance(Jacobi().build(tall), JacobiPreconditioner)
+    assert isinstance(Sketch().build(tall, generator=_gen(1)), SketchPreconditioner)
+    ny = Nystrom(rank=7).build(square, damp=0.1, generator=_gen(1))
     assert isinstance(ny, NystromPreconditioner) and ny.rank == 7 and ny.damp == 0.1
-    assert make_preconditioner("nystrom", square, generator=_gen(1)).rank == 50
-    assert choose_preconditioner(tall.shape) == "sketch"
-    assert choose_preconditioner(square.shape) == "nystrom"
-    assert make_preconditioner("auto", tall, generator=_gen(1)).name == "sketch"
-    assert make_preconditioner("auto", square, rank=5, generator=_gen(1)).name == "nystrom"
+    assert Nystrom().build(square, generator=_gen(1)).rank == 25  # min(300, min(n, m) // 2)
+    assert Auto().choose(tall.shape) == Sketch()
+    assert Auto().choose(square.shape) == Nystrom()
+    assert Auto().build(tall, generator=_gen(1)).name == "sketch"
+    assert Auto(nystrom=Nystrom(rank=5)).build(square, generator=_gen(1)).rank == 5
+    assert as_preconditioner("jacobi") == Jacobi()
+    # the same draws as the operator class called directly
+    direct = NystromPreconditioner(square, 7, 0.1, generator=_gen(1))
+    torch.testing.assert_close(direct.eigenvalues, ny.eigenvalues, rtol=0, atol=0)
     with pytest.raises(ValueError, match="preconditioner"):
-        make_preconditioner("ilu", tall)
+        as_preconditioner("ilu")
     with pytest.raises(TypeError, match="LinearOperator"):
-        make_preconditioner("jacobi", [[1.0]])
+        Jacobi().build([[1.0]])
     with pytest.raises(ValueError, match="rank"):
         NystromPreconditioner(square, 0)
     with pytest.raises(ValueError, match="method"):

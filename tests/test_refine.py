@@ -64,8 +64,7 @@ def test_subspace_equals_dense_reference():
     refined = ls.refine(
         model,
         data=(x, y),
-        rank=k,
-        oversample=m - k,
+        method=ls.Subspace(rank=k, oversample=m - k),
         generator=torch.Generator().manual_seed(0),
         progress_bar=False,
     )
@@ -87,9 +86,10 @@ def test_residual_fn_path_matches_data_path():
     def residual_fn(p):
         return (functional_call(model, p, (x,)) - y).reshape(-1)
 
-    a = ls.refine(model, data=(x, y), rank=6, generator=torch.Generator().manual_seed(0))
+    k6 = ls.Subspace(rank=6)
+    a = ls.refine(model, data=(x, y), method=k6, generator=torch.Generator().manual_seed(0))
     b = ls.refine(
-        model, residual_fn=residual_fn, rank=6, generator=torch.Generator().manual_seed(0)
+        model, residual_fn=residual_fn, method=k6, generator=torch.Generator().manual_seed(0)
     )
     torch.testing.assert_close(a.delta, b.delta, rtol=1e-10, atol=1e-12)
 
@@ -99,8 +99,10 @@ def test_subspace_cuts_trained_error_10x_and_krylov_reduces(trained):
     before = _state(model)
     base = prob.test_error(model)
     data = (prob.x_train, prob.y_train)
-    sub = ls.refine(model, data=data, rank=200, generator=torch.Generator().manual_seed(0))
-    kry = ls.refine(model, data=data, method="krylov", preconditioner=None, maxiter=300)
+    sub = ls.refine(
+        model, data=data, method=ls.Subspace(rank=200), generator=torch.Generator().manual_seed(0)
+    )
+    kry = ls.refine(model, data=data, method=ls.Krylov(preconditioner=None, maxiter=300))
     err_sub = prob.test_error(sub)
     err_kry = prob.test_error(kry)
     assert err_sub < base / 10, (base, err_sub)
@@ -120,7 +122,9 @@ def test_model_unchanged_with_batchnorm_eval_and_dtype_copy():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(30, 3, generator=g)
     y = torch.randn(30, 1, generator=g)
-    refined = ls.refine(model, data=(x, y), rank=5, dtype=torch.float64, generator=g)
+    refined = ls.refine(
+        model, data=(x, y), method=ls.Subspace(rank=5), dtype=torch.float64, generator=g
+    )
     _assert_unchanged(model, before)
     assert model.training is False
     assert refined.dtype == torch.float64
@@ -134,7 +138,7 @@ def test_to_network_is_theta0_plus_delta(trained):
     refined = ls.refine(
         model,
         data=(prob.x_train, prob.y_train),
-        rank=20,
+        method=ls.Subspace(rank=20),
         generator=torch.Generator().manual_seed(0),
     )
     net = refined.to_network()
@@ -151,7 +155,7 @@ def test_save_load_round_trip(tmp_path, trained):
     refined = ls.refine(
         model,
         data=(prob.x_train, prob.y_train),
-        rank=30,
+        method=ls.Subspace(rank=30),
         generator=torch.Generator().manual_seed(0),
     )
     path = tmp_path / "refined.pt"
@@ -181,9 +185,8 @@ def test_rank_auto_scans_nested_truncations(trained):
     refined = ls.refine(
         model,
         data=(prob.x_train, prob.y_train),
-        rank="auto",
+        method=ls.Subspace(rank="auto", rank_candidates=[10, 40, 120, 240]),
         validation=(xv, target_function(xv)),
-        rank_candidates=[10, 40, 120, 240],
         generator=g,
     )
     scan = refined.info["rank_scan"]
@@ -199,23 +202,22 @@ def test_reduced_lsmr_matches_dense(trained):
     dense = ls.refine(
         model,
         data=data,
-        rank=60,
-        reduced_solver="dense",
+        method=ls.Subspace(rank=60, reduced="dense"),
         generator=torch.Generator().manual_seed(3),
     )
     sketched = ls.refine(
         model,
         data=data,
-        rank=60,
-        reduced_solver="lsmr",
-        atol=1e-12,
-        btol=1e-12,
+        method=ls.Subspace(rank=60, reduced="lsmr", reduced_atol=1e-12, reduced_btol=1e-12),
         generator=torch.Generator().manual_seed(3),
     )
     assert sketched.info["reduced_solver"] == "lsmr"
     # forced by memory: a tiny budget must route to the matrix-free solve
     auto = ls.refine(
-        model, data=data, rank=60, max_dense_bytes=1024, generator=torch.Generator().manual_seed(3)
+        model,
+        data=data,
+        method=ls.Subspace(rank=60, max_dense_bytes=1024),
+        generator=torch.Generator().manual_seed(3),
     )
     assert auto.info["reduced_solver"] == "lsmr"
     rel = (sketched.delta - dense.delta).norm() / dense.delta.norm()
@@ -239,31 +241,32 @@ def test_bad_inputs_raise_and_leave_model_unchanged():
     x = torch.rand(20, 2, generator=g, dtype=torch.float64)
     y = torch.rand(20, 1, generator=g, dtype=torch.float64)
     m = sum(p.numel() for p in model.parameters())
+    k2 = ls.Subspace(rank=2)
     with pytest.raises(ValueError, match=r"rank: expected <= min\(n, m\)"):
-        ls.refine(model, data=(x, y), rank=21)
+        ls.refine(model, data=(x, y), method=ls.Subspace(rank=21))
     with pytest.raises(ValueError, match="at least one row"):
-        ls.refine(model, data=(x[:0], y[:0]), rank=2)
+        ls.refine(model, data=(x[:0], y[:0]), method=k2)
     with pytest.raises(TypeError, match="expected dtype torch.float64"):
-        ls.refine(model, data=(x.float(), y), rank=2)
+        ls.refine(model, data=(x.float(), y), method=k2)
     with pytest.raises(ValueError, match="targets: expected"):
-        ls.refine(model, data=(x, y[:10]), rank=2)
+        ls.refine(model, data=(x, y[:10]), method=k2)
     with pytest.raises(ValueError, match="exactly one of"):
-        ls.refine(model, rank=2)
-    with pytest.raises(ValueError, match="method: expected one of"):
+        ls.refine(model, method=k2)
+    with pytest.raises(ValueError, match="method: expected 'subspace', 'krylov'"):
         ls.refine(model, data=(x, y), method="newton")
     y_bad = y.clone()
     y_bad[3] = float("nan")
     y_bad[7] = float("inf")
     with pytest.raises(ValueError, match=r"2 of 20.*non-finite.*\[3, 7\]"):
-        ls.refine(model, data=(x, y_bad), rank=2)
+        ls.refine(model, data=(x, y_bad), method=k2)
     drop = torch.nn.Sequential(
         torch.nn.Linear(2, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1)
     ).double()
     drop.train()
     with pytest.raises(ValueError, match="change between"):
-        ls.refine(drop, data=(x, y), rank=2)
+        ls.refine(drop, data=(x, y), method=k2)
     with pytest.raises(ValueError, match="spare"):
-        ls.refine(_Unused().double(), data=(x, y), rank=2)
+        ls.refine(_Unused().double(), data=(x, y), method=k2)
     _assert_unchanged(model, before)
     assert m > 21
 
@@ -282,7 +285,7 @@ def test_krylov_auto_preconditioner_tall_uses_sketch_and_matches_lstsq():
     jac = jacrev(res)(params)
     G = torch.cat([jac[name].reshape(400, -1) for name in params], dim=1)
     ref = torch.linalg.lstsq(G, -res(params).unsqueeze(1)).solution.squeeze(1)
-    refined = ls.refine(model, data=(x, y), method="krylov", atol=1e-12, btol=1e-12, generator=g)
+    refined = ls.refine(model, data=(x, y), method=ls.Krylov(atol=1e-12, btol=1e-12), generator=g)
     assert refined.info["preconditioner"]["name"] == "sketch"
     assert refined.info["iterations"] <= 30
     torch.testing.assert_close(refined.delta, ref, rtol=1e-7, atol=1e-7 * float(ref.norm()))

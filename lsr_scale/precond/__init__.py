@@ -10,21 +10,29 @@ Each is a square :class:`~lsr_scale.LinearOperator` ``M`` (``m x m`` for ``A`` o
   ill-conditioned Jacobians (Frangella-Tropp-Udell 2023).
 * :class:`SketchPreconditioner`: sketch-and-precondition (Blendenpik / LSRN) for tall operators.
 * :class:`JacobiPreconditioner`: column scaling, the baseline.
+
+What to build is said with a *specification* (:class:`Nystrom`, :class:`Sketch`,
+:class:`Jacobi`, or :class:`Auto`, which chooses by shape): a frozen dataclass that checks its
+fields when constructed and builds the operator with ``spec.build(A, damp=..., generator=...)``.
+``lsr_scale.Krylov(preconditioner=...)`` takes one, or its name as a shorthand.
 """
 
 from ._common import LowRankOperator, Preconditioner
-from ._factory import PRECONDITIONERS, choose_preconditioner, make_preconditioner
 from ._jacobi import JacobiPreconditioner, column_norms
 from ._nystrom import NystromPreconditioner, lowrank_gram
 from ._sketch_precond import SketchPreconditioner, sketch_operator
+from ._specs import Auto, Jacobi, Nystrom, Sketch, as_preconditioner, default_nystrom_rank
 
 __all__ = [
     "NystromPreconditioner",
     "SketchPreconditioner",
     "JacobiPreconditioner",
-    "make_preconditioner",
-    "choose_preconditioner",
-    "PRECONDITIONERS",
+    "Nystrom",
+    "Sketch",
+    "Jacobi",
+    "Auto",
+    "as_preconditioner",
+    "default_nystrom_rank",
     "Preconditioner",
     "LowRankOperator",
     "lowrank_gram",

@@ -1,9 +1,11 @@
-"""Iterative LSR for composite physics-informed losses (Cao & Zhang 2026, DESIGN.md section 1)."""
+"""Iterative LSR for composite physics-informed losses (Cao & Zhang 2026; see docs/design.md)."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -11,6 +13,10 @@ import torch
 from torch.func import functional_call
 
 from .._utils import progress as _progress
+from ..pde import stack_residuals
+from ._methods import Method, Products
+from ._refine import as_method, refine
+from ._subspace import Subspace
 
 __all__ = ["iterative_refine", "IterativeResult", "lbfgs_fit"]
 
@@ -72,17 +78,19 @@ def iterative_refine(
     weights: Mapping[str, float] | None = None,
     pde_block: str = "pde",
     outer_iters: int = 5,
-    rank: int = 300,
+    method: Method | str | None = None,
+    products: Products | None = None,
     subspace_points: int = 1000,
     dtau: float = 1e-4,
     align: str = "lbfgs",
     align_iters: int = 300,
     align_lr: float | None = None,
-    refine_kwargs: Mapping | None = None,
     evaluate: Callable | None = None,
     time_budget: float | None = None,
     generator: torch.Generator | None = None,
     progress: bool | None = None,
+    rank: int | None = None,
+    refine_kwargs: Mapping | None = None,
 ) -> IterativeResult:
     """Iterative LSR: resample, one-shot LSR on the physics residual, nonlinear alignment.
 
@@ -90,8 +98,8 @@ def iterative_refine(
     1. draws fresh collocation points ``pts = sample_points(generator)``;
     2. refines a copy of the network by one-shot LSR on the stacked physics residual
        (:func:`lsr_scale.pde.stack_residuals` of ``blocks(net, *pts)`` with ``weights``),
-       the subspace coming from the output Jacobian at ``rank + subspace_points`` random
-       collocation points (``subspace="output"``);
+       the subspace coming from the output Jacobian at ``k + subspace_points`` random
+       collocation points (``subspace="output"``; ``k`` is the method's rank);
     3. evaluates the linear predictor ``U`` at ``collocation(pts)`` and fits the *network* to
        it by minimizing the stacked ``[sqrt(w_b) r_b (b != pde) ; r_pde + (u - U) / dtau]``
        (block-scaled like the LSR residual) with L-BFGS or Adam: mostly a supervised fit of
@@ -113,23 +121,31 @@ def iterative_refine(
         Loss weights ``lambda_i`` per block name (default 1).
     outer_iters : int
         Outer iterations (stops early when ``time_budget`` seconds are spent).
-    rank, subspace_points : int
-        LSR rank k and the extra output-Jacobian points (paper: k + 1,000 points).
+    method : Subspace or Krylov, optional
+        The LSR step (default ``Subspace(rank=300)``). A :class:`~lsr_scale.Subspace` gets
+        ``subspace="output"`` and the sampled ``subspace_inputs`` each iteration (its rank
+        capped at the number of collocation points); a :class:`~lsr_scale.Krylov` is used
+        as given.
+    products : Products, optional
+        How Jacobian products are taken (see :func:`lsr_scale.refine`).
+    subspace_points : int
+        The extra output-Jacobian points beyond the rank (paper: k + 1,000 points).
     dtau : float
         Pseudo-time step of the alignment.
     align : {"lbfgs", "adam"}
         Alignment optimizer; ``align_iters`` iterations (``align_lr``: default 1 for
         L-BFGS, 1e-3 for Adam).
-    refine_kwargs : mapping, optional
-        Extra arguments for :func:`lsr_scale.refine`.
     evaluate : callable, optional
         ``evaluate(predict) -> float`` test error of a predictor ``x -> u``; timed apart.
     time_budget : float, optional
         Stop after the outer iteration that exceeds this many seconds.
     generator : torch.Generator, optional
-        Source of randomness (sampling, subspace points, the randomized SVD).
+        The only source of randomness when given (sampling, subspace points, the
+        randomized SVD); ``None`` uses torch's global RNG.
     progress : bool, optional
         Show a progress bar (default: only on a terminal).
+    rank, refine_kwargs :
+        Deprecated (0.1): use ``method=ls.Subspace(rank=...)``; removed in 0.3.
 
     Returns
     -------
@@ -137,18 +153,38 @@ def iterative_refine(
 
     References
     ----------
-    Cao, Z. and Zhang, L. (2026). Linearized Subspace Refinement. arXiv:2601.13989.
+    W. Cao and W. Zhang, "A universal linearized subspace refinement framework for neural
+    networks", arXiv:2601.13989 (2026).
     """
-    from ..pde import stack_residuals
-    from ._refine import refine
-
+    if rank is not None or refine_kwargs is not None:
+        if method is not None:
+            raise TypeError(
+                "iterative_refine: got method= and the old rank=/refine_kwargs=; use one"
+            )
+        kw = dict(refine_kwargs or {})
+        kw.pop("method", None)
+        if rank is not None:
+            kw["rank"] = rank
+        warnings.warn(
+            "iterative_refine: rank= and refine_kwargs= are deprecated and will be removed in "
+            f"0.3; pass method=ls.Subspace({', '.join(f'{k}={v!r}' for k, v in kw.items())})",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        method = Subspace(**kw)
+    method = Subspace(rank=300) if method is None else as_method(method)
+    if isinstance(method, Subspace) and not isinstance(method.rank, int):
+        raise ValueError(
+            "method: expected a Subspace with an int rank for Iterative LSR, "
+            f"got rank={method.rank!r}"
+        )
     if outer_iters < 0:
         raise ValueError(f"outer_iters: expected a non-negative int, got {outer_iters}")
     if align not in ("lbfgs", "adam"):
         raise ValueError(f"align: expected 'lbfgs' or 'adam', got {align!r}")
     if not dtau > 0:
         raise ValueError(f"dtau: expected a positive number, got {dtau}")
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    gen = generator
     weights = dict(weights or {})
     net = copy.deepcopy(model)
     for p in net.parameters():
@@ -181,19 +217,25 @@ def iterative_refine(
         residual_fn = stack_residuals({k: (fn, weights.get(k, 1.0)) for k, fn in raw.items()})
         x = collocation(pts)
         xs = x if isinstance(x, tuple) else (x,)
-        n_pts = xs[0].shape[0]
-        take = torch.randperm(n_pts, generator=gen)[: min(n_pts, rank + subspace_points)]
-        sub = tuple(t[take.to(t.device)] for t in xs)
-        kw = dict(
-            method="subspace",
-            rank=min(rank, take.numel()),
-            subspace="output",
-            subspace_inputs=sub if isinstance(x, tuple) else sub[0],
+        step = method
+        if isinstance(method, Subspace):
+            n_pts = xs[0].shape[0]
+            take = torch.randperm(n_pts, generator=gen)[: min(n_pts, method.rank + subspace_points)]
+            sub = tuple(t[take.to(t.device)] for t in xs)
+            step = dataclasses.replace(
+                method,
+                rank=min(method.rank, take.numel()),
+                subspace="output",
+                subspace_inputs=sub if isinstance(x, tuple) else sub[0],
+            )
+        refined = refine(
+            net,
+            residual_fn=residual_fn,
+            method=step,
+            products=products,
             generator=gen,
             progress_bar=False,
         )
-        kw.update(refine_kwargs or {})
-        refined = refine(net, residual_fn=residual_fn, **kw)
         with torch.no_grad():
             target = refined.predict(x).detach()
         t1 = time.perf_counter()
@@ -201,9 +243,8 @@ def iterative_refine(
         t2 = time.perf_counter()
 
         names = list(raw)
-        n_rows = {}
 
-        def align_loss(raw=raw, xs=xs, target=target, names=names, n_rows=n_rows):
+        def align_loss(raw=raw, xs=xs, target=target, names=names):
             p = dict(net.named_parameters())
             total, parts = 0.0, []
             for k in names:
@@ -211,7 +252,6 @@ def iterative_refine(
                 if k == pde_block:
                     u = functional_call(net, p, xs).reshape(-1)
                     r = r + (u - target.reshape(-1)) / dtau
-                n_rows[k] = r.numel()
                 parts.append((k, r))
             for k, r in parts:
                 total = total + weights.get(k, 1.0) * r.square().mean()

@@ -1,0 +1,302 @@
+"""One-shot LSR (Cao & Zhang): a randomized-SVD subspace and its reduced least-squares problem."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .._checks import (
+    check_choice,
+    check_inputs,
+    check_nonnegative_int,
+    check_positive_int,
+    check_tolerance,
+)
+from .._utils import timed
+from ..operators import LinearOperator, SubspaceOperator
+from ..precond import SketchPreconditioner
+from ..randomized import randomized_svd
+from ..solvers import lsmr
+from ._methods import Method, Problem
+from ._model import _as_tuple
+
+__all__ = ["Subspace", "solve_reduced", "default_rank"]
+
+_DEFAULT_MAX_DENSE_BYTES = 2 * 1024**3
+_REDUCED_DEFAULTS = {"maxiter": 1000, "atol": 1e-8, "btol": 1e-8, "conlim": 1e12}
+DTYPE_HINT = "; convert it, or pass dtype= to refine to work in another precision"
+
+
+def default_rank(n: int, m: int) -> int:
+    """Default subspace rank: a quarter of min(n, m), at least 1 and at most 1000."""
+    return max(1, min(1000, min(n, m) // 4))
+
+
+def solve_reduced(A: torch.Tensor, b: torch.Tensor, rcond: float | None = None) -> torch.Tensor:
+    """Least-squares solution of the dense reduced problem ``min ||A c - b||`` by a truncated SVD.
+
+    Singular values below ``rcond * s_max`` are dropped (default ``rcond`` is
+    ``eps * max(A.shape)``, LAPACK's rule). Works identically on CPU and CUDA.
+    """
+    if rcond is None:
+        rcond = torch.finfo(A.dtype).eps * max(A.shape)
+    U, s, Vh = torch.linalg.svd(A, full_matrices=False)
+    keep = s > rcond * s[0] if s.numel() else s.bool()
+    coef = (U[:, keep].T @ b) / s[keep]
+    return Vh[keep].T @ coef
+
+
+def matmat_in_blocks(J: LinearOperator, P: torch.Tensor, block: int | None) -> torch.Tensor:
+    """``J @ P`` taken ``block`` columns at a time."""
+    if not block or block >= P.shape[1]:
+        return J.matmat(P)
+    return torch.cat([J.matmat(P[:, i : i + block]) for i in range(0, P.shape[1], block)], dim=1)
+
+
+def _rank_grid(k_max: int) -> list[int]:
+    grid, k = [], k_max
+    while k >= 1 and len(grid) < 12:
+        grid.append(k)
+        k = int(k / 1.5)
+    return sorted(set(grid))
+
+
+@dataclass(frozen=True)
+class Subspace(Method):
+    """One-shot LSR: restrict ``delta = P c`` to a rank-``k`` subspace and solve exactly.
+
+    A randomized SVD of the subspace Jacobian gives ``P = V_k diag(1 / S_k)``; the reduced
+    problem ``min ||G0 P c + f0||`` is then solved densely (truncated SVD) or, when ``G0 P``
+    would not fit, by sketch-preconditioned LSMR that never stores it.
+
+    Parameters
+    ----------
+    rank : int or "auto", optional
+        The rank ``k``: the capacity knob (too large amplifies noise and ill-conditioning).
+        Default :func:`default_rank`. ``"auto"`` scans nested truncations of one randomized
+        SVD and keeps the best on ``refine(..., validation=...)``.
+    oversample : int
+        Randomized SVD oversampling (paper: 10).
+    power_iters : int
+        Power iterations of the range finder.
+    subspace : {"residual", "output"}
+        Which Jacobian spans the subspace: the residual Jacobian ``G0``, or the output
+        Jacobian ``J_q`` at ``subspace_inputs`` (physics-informed problems).
+    subspace_inputs : tensor or tuple, optional
+        Model inputs for ``subspace="output"`` (default: the data inputs).
+    rank_candidates : sequence of int, optional
+        Candidate ranks for ``rank="auto"`` (default: a geometric grid up to ``2 k``).
+    reduced : {"auto", "dense", "lsmr"}
+        How the reduced problem is solved. ``"auto"`` is dense when ``G0 P`` takes at most
+        ``max_dense_bytes``.
+    max_dense_bytes : int
+        The size limit of the dense reduced matrix (default 2 GiB).
+    rcond : float, optional
+        Relative singular-value cut-off of the dense solve (see :func:`solve_reduced`).
+    reduced_maxiter, reduced_atol, reduced_btol : optional
+        The reduced LSMR's settings (defaults 1,000, 1e-8, 1e-8); only with ``reduced``
+        other than ``"dense"``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        At construction, on invalid values or on settings that do not apply to the others
+        (``rank_candidates`` without ``rank="auto"``, ``subspace_inputs`` with
+        ``subspace="residual"``, ``reduced_*`` or ``max_dense_bytes`` that cannot be used).
+
+    References
+    ----------
+    W. Cao and W. Zhang, "A universal linearized subspace refinement framework for neural
+    networks", arXiv:2601.13989 (2026).
+    """
+
+    rank: int | str | None = None
+    oversample: int = 10
+    power_iters: int = 0
+    subspace: str = "residual"
+    subspace_inputs: object = field(default=None, compare=False, repr=False)
+    rank_candidates: tuple | None = None
+    reduced: str = "auto"
+    max_dense_bytes: int = _DEFAULT_MAX_DENSE_BYTES
+    rcond: float | None = None
+    reduced_maxiter: int | None = None
+    reduced_atol: float | None = None
+    reduced_btol: float | None = None
+
+    name = "subspace"
+
+    def __post_init__(self):
+        r = self.rank
+        if r is not None and r != "auto":
+            if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+                raise ValueError(f"Subspace.rank: expected a positive int or 'auto', got {r!r}")
+        check_nonnegative_int(self.oversample, "Subspace.oversample")
+        check_nonnegative_int(self.power_iters, "Subspace.power_iters")
+        check_choice(self.subspace, ("residual", "output"), "Subspace.subspace")
+        check_choice(self.reduced, ("auto", "dense", "lsmr"), "Subspace.reduced")
+        check_positive_int(self.max_dense_bytes, "Subspace.max_dense_bytes")
+        if self.rcond is not None:
+            check_tolerance(self.rcond, "Subspace.rcond")
+        if self.subspace_inputs is not None and self.subspace != "output":
+            raise ValueError(
+                "Subspace.subspace_inputs: applies to subspace='output' only, got it with "
+                f"subspace={self.subspace!r}"
+            )
+        if self.rank_candidates is not None:
+            if r != "auto":
+                raise ValueError(
+                    f"Subspace.rank_candidates: applies to rank='auto' only, got rank={r!r}"
+                )
+            cands = tuple(self.rank_candidates)
+            if not cands:
+                raise ValueError("Subspace.rank_candidates: expected at least one rank, got none")
+            for c in cands:
+                check_positive_int(c, "Subspace.rank_candidates[...]")
+            object.__setattr__(self, "rank_candidates", cands)
+        if r == "auto" and self.reduced == "lsmr":
+            raise ValueError(
+                "Subspace.reduced: rank='auto' scans truncations of the dense reduced matrix, "
+                "expected reduced='auto' or 'dense', got 'lsmr'"
+            )
+        lsmr_settings = {
+            "reduced_maxiter": self.reduced_maxiter,
+            "reduced_atol": self.reduced_atol,
+            "reduced_btol": self.reduced_btol,
+        }
+        given = [k for k, v in lsmr_settings.items() if v is not None]
+        if given and self.reduced == "dense":
+            raise ValueError(
+                f"Subspace.{given[0]}: applies to the reduced LSMR, got it with reduced='dense'"
+            )
+        if self.reduced_maxiter is not None:
+            check_nonnegative_int(self.reduced_maxiter, "Subspace.reduced_maxiter")
+        for k in ("reduced_atol", "reduced_btol"):
+            if getattr(self, k) is not None:
+                check_tolerance(getattr(self, k), f"Subspace.{k}")
+        if self.max_dense_bytes != _DEFAULT_MAX_DENSE_BYTES and self.reduced != "auto":
+            raise ValueError(
+                "Subspace.max_dense_bytes: decides reduced='auto' only, got it with "
+                f"reduced={self.reduced!r}"
+            )
+
+    def uses_validation(self) -> bool:
+        return self.rank == "auto"
+
+    def check_problem(self, *, has_data: bool) -> None:
+        if self.subspace == "output" and self.subspace_inputs is None and not has_data:
+            raise ValueError(
+                "Subspace.subspace_inputs: expected model inputs for subspace='output' with "
+                "residual_fn, got None"
+            )
+
+    # ------------------------------------------------------------------ solve
+    def solve(self, problem: Problem):
+        J, b = problem.J, problem.b
+        device = J.device
+        times: dict[str, float] = {}
+        info: dict = {}
+        batch = problem.products.batch_size
+        if self.subspace == "output":
+            sub_in = _as_tuple(
+                self.subspace_inputs if self.subspace_inputs is not None else problem.inputs
+            )
+            check_inputs(sub_in, "subspace_inputs", J.dtype, device, hint=DTYPE_HINT)
+            Js = problem.jacobian_at(sub_in)
+        else:
+            Js = J
+        ns, m = Js.shape
+        max_rank = min(ns, m)
+        auto = self.rank == "auto"
+        if auto:
+            k = max(self.rank_candidates) if self.rank_candidates else 2 * default_rank(ns, m)
+            k = min(k, max_rank)
+        else:
+            k = default_rank(ns, m) if self.rank is None else self.rank
+            if k > max_rank:
+                raise ValueError(
+                    f"Subspace.rank: expected <= min(n, m) = min({ns}, {m}) = {max_rank}, got {k}"
+                )
+        n = J.shape[0]
+        dense_bytes = n * k * torch.finfo(J.dtype).bits // 8
+        use_dense = self.reduced == "dense" or (
+            self.reduced == "auto" and dense_bytes <= self.max_dense_bytes
+        )
+        if auto and not use_dense:
+            raise ValueError(
+                f"Subspace: rank='auto' needs the dense reduced matrix (n x k = "
+                f"{dense_bytes / 2**30:.1f} GiB), expected at most max_dense_bytes = "
+                f"{self.max_dense_bytes / 2**30:.1f} GiB; raise it or give a rank"
+            )
+        # ---------------------------------------------------------- randomized SVD
+        problem.stage("randomized SVD")
+        with timed(times, "range_finder", device):
+            _, S, Vh = randomized_svd(
+                Js,
+                k,
+                oversample=min(self.oversample, max_rank - k),
+                power_iters=self.power_iters,
+                generator=problem.generator,
+                block_size=batch,
+            )
+            P = Vh.T / S  # P = V_k diag(1/S_k)
+        info["rank"] = k
+        info["singular_values"] = S.detach().cpu()
+        # ---------------------------------------------------------- reduced problem
+        problem.stage("reduced problem")
+        info["reduced_solver"] = "dense" if use_dense else "lsmr"
+        with timed(times, "reduced", device):
+            if use_dense:
+                A = matmat_in_blocks(J, P, batch)
+                if auto:
+                    k_best, scan = self._scan_ranks(A, b, P, problem, k)
+                    info["rank_scan"] = scan
+                    info["rank"] = k_best
+                    A, P = A[:, :k_best], P[:, :k_best]
+                c = solve_reduced(A, b, self.rcond)
+                info["solver"] = {"kind": "truncated_svd_lstsq", "rcond": self.rcond}
+            else:
+                Aop = SubspaceOperator(J, P)
+                M = SketchPreconditioner(Aop, generator=problem.generator)
+                res = lsmr(
+                    Aop,
+                    b,
+                    atol=_or(self.reduced_atol, "atol"),
+                    btol=_or(self.reduced_btol, "btol"),
+                    conlim=_REDUCED_DEFAULTS["conlim"],
+                    maxiter=_or(self.reduced_maxiter, "maxiter"),
+                    M=M,
+                )
+                c = res.x
+                info["solver"] = res
+                info["preconditioner"] = {"name": "sketch", "build_time": M.build_time}
+        info["times"] = times
+        return P @ c, info
+
+    def _scan_ranks(self, A, b, P, problem: Problem, k_max: int):
+        """Nested truncations of one randomized SVD, scored on validation data."""
+        v_in, v_tgt = problem.validation
+        Jv = problem.jacobian_at(v_in)
+        q0 = Jv.residual
+        JvP = matmat_in_blocks(Jv, P, problem.products.batch_size)
+        tgt = v_tgt.reshape(-1).to(q0.dtype)
+        cands = sorted(
+            {int(c) for c in (self.rank_candidates or _rank_grid(k_max)) if 0 < c <= k_max}
+        )
+        if not cands:
+            raise ValueError(
+                f"Subspace.rank_candidates: expected ranks in [1, {k_max}], "
+                f"got {list(self.rank_candidates)}"
+            )
+        scan = []
+        for kc in cands:
+            c = solve_reduced(A[:, :kc], b, self.rcond)
+            pred = q0 + JvP[:, :kc] @ c
+            err = float((pred - tgt).norm() / tgt.norm().clamp_min(1e-300))
+            scan.append({"rank": kc, "val_rel_l2": err})
+        best = min(scan, key=lambda r: r["val_rel_l2"])["rank"]
+        return best, scan
+
+
+def _or(value, key):
+    return _REDUCED_DEFAULTS[key] if value is None else value

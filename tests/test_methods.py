@@ -1,0 +1,262 @@
+"""Method objects: self-validation, inapplicable settings refused before work, the 0.1 shim."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import pytest
+import torch
+
+import lsr_scale as ls
+from lsr_scale.models import MLP
+from lsr_scale.precond import Auto, Jacobi, Nystrom, Sketch
+
+
+def _problem(seed=0, n=60):
+    torch.manual_seed(seed)
+    model = MLP((2, 6, 6, 1)).double()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 2, generator=g, dtype=torch.float64) * 2 - 1
+    y = torch.sin(2 * x[:, :1]) * x[:, 1:]
+    return model, x, y
+
+
+# ---------------------------------------------------------------------- construction
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: ls.Subspace(rank=0), r"Subspace.rank: expected a positive int or 'auto', got 0"),
+        (lambda: ls.Subspace(rank=2.5), "Subspace.rank"),
+        (lambda: ls.Subspace(rank=True), "Subspace.rank"),
+        (lambda: ls.Subspace(oversample=-1), "Subspace.oversample"),
+        (lambda: ls.Subspace(subspace="input"), "Subspace.subspace"),
+        (lambda: ls.Subspace(reduced="qr"), "Subspace.reduced"),
+        (lambda: ls.Subspace(rank=5, rank_candidates=[2, 3]), "applies to rank='auto' only"),
+        (lambda: ls.Subspace(rank="auto", rank_candidates=[]), "at least one rank"),
+        (lambda: ls.Subspace(rank="auto", rank_candidates=[0, 3]), "rank_candidates"),
+        (lambda: ls.Subspace(subspace_inputs=torch.zeros(3, 2)), "subspace='output' only"),
+        (lambda: ls.Subspace(reduced="dense", reduced_maxiter=5), "with reduced='dense'"),
+        (lambda: ls.Subspace(reduced="dense", reduced_atol=1e-3), "with reduced='dense'"),
+        (lambda: ls.Subspace(reduced="lsmr", max_dense_bytes=10), "decides reduced='auto' only"),
+        (lambda: ls.Subspace(rank="auto", reduced="lsmr"), "expected reduced='auto' or 'dense'"),
+        (lambda: ls.Krylov(solver="gmres"), "Krylov.solver"),
+        (lambda: ls.Krylov(damp=-1.0), "Krylov.damp"),
+        (lambda: ls.Krylov(maxiter=-1), "Krylov.maxiter"),
+        (lambda: ls.Krylov(atol=-1e-3), "Krylov.atol"),
+        (lambda: ls.Krylov(conlim=0), "Krylov.conlim"),
+        (lambda: ls.Krylov(space="both"), "Krylov.space"),
+        (lambda: ls.Krylov(preconditioner="ilu"), "Krylov.preconditioner"),
+        (lambda: ls.Krylov(space="sample", btol=1e-3), "Krylov.btol: applies to space='param"),
+        (lambda: ls.Krylov(space="auto", conlim=1e3), "Krylov.conlim: applies to space='par"),
+        (lambda: ls.Krylov(space="sample", solver="lsqr"), "Krylov.solver: applies"),
+        (lambda: ls.Krylov(space="sample", preconditioner="jacobi"), "takes a Nystrom"),
+        (lambda: ls.Krylov(space="auto", preconditioner=Sketch()), "takes a Nystrom"),
+        (lambda: ls.Products(jvp="reverse"), "Products.jvp"),
+        (lambda: ls.Products(batch_size=0), "Products.batch_size"),
+        (lambda: ls.Products(chunk_size=-5), "Products.chunk_size"),
+        (lambda: Nystrom(rank=0), "Nystrom.rank"),
+        (lambda: Nystrom(method="exact"), "Nystrom.method"),
+        (lambda: Nystrom(basis_dtype=torch.int8), "Nystrom.basis_dtype"),
+        (lambda: Sketch(sketch="fourier"), "Sketch.sketch"),
+        (lambda: Jacobi(method="diag"), "Jacobi.method"),
+        (lambda: Auto(nystrom="nystrom"), "Auto.nystrom: expected a Nystrom"),
+    ],
+)
+def test_objects_validate_themselves(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
+
+
+def test_objects_are_frozen_and_shorthands_resolve():
+    k = ls.Krylov()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        k.maxiter = 3
+    assert isinstance(k.preconditioner, Auto)
+    assert isinstance(ls.Krylov(preconditioner="nystrom").preconditioner, Nystrom)
+    assert ls.Krylov(preconditioner=None).preconditioner is None
+    assert k.setting("maxiter") == 1000 and k.setting("solver") == "lsmr"
+    assert ls.Krylov(space="auto").resolved_space((10, 100)) == "sample"
+    assert ls.Krylov(space="auto").resolved_space((100, 100)) == "parameter"
+    assert Auto().choose((1000, 50)) == Sketch() and Auto().choose((100, 50)) == Nystrom()
+    assert Nystrom().resolved_rank((2000, 900)) == 300
+    assert Nystrom().resolved_rank((40, 900)) == 20
+    assert ls.Subspace(rank="auto", rank_candidates=[3, 5]).rank_candidates == (3, 5)
+
+
+# ---------------------------------------------------------------------- refusals before work
+class _Counting(torch.nn.Module):
+    """Counts forward calls, so a test can prove that no work ran before a refusal."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = MLP((2, 5, 1)).double()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.net(x)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(method=ls.Krylov(), validation="v"), "validation: not used by"),
+        (dict(method=ls.Subspace(rank=3), validation="v"), "validation: not used by"),
+        (dict(method=ls.Subspace(rank="auto")), "validation: expected"),
+        (dict(method="newton"), "method: expected 'subspace', 'krylov'"),
+        (dict(method=ls.Subspace), "got the class Subspace"),
+        (dict(products={"batch_size": 4}), "products: expected ls.Products"),
+        (dict(generator=0), "generator: expected a torch.Generator"),
+        (dict(method=ls.Subspace(rank="auto"), validation=(1, 2, 3)), "validation: expected a"),
+    ],
+)
+def test_refine_refuses_before_any_work(kwargs, match):
+    model = _Counting()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(20, 2, generator=g, dtype=torch.float64)
+    y = torch.rand(20, 1, generator=g, dtype=torch.float64)
+    with pytest.raises((ValueError, TypeError), match=match):
+        ls.refine(model, data=(x, y), **kwargs)
+    assert model.calls == 0
+
+
+def test_chunk_size_with_residual_fn_and_output_subspace_without_inputs_refused():
+    model = _Counting()
+    with pytest.raises(ValueError, match="Products.chunk_size: applies to data="):
+        ls.refine(model, residual_fn=lambda p: p, products=ls.Products(chunk_size=4))
+    with pytest.raises(ValueError, match="subspace_inputs: expected model inputs"):
+        ls.refine(model, residual_fn=lambda p: p, method=ls.Subspace(subspace="output"))
+    assert model.calls == 0
+
+
+def test_validation_converted_with_dtype():
+    """float32 validation data with dtype=float64 is converted like the training data."""
+    model, x, y = _problem()
+    model = model.float()
+    xv, yv = x[:20].float(), y[:20].float()
+    r = ls.refine(
+        model,
+        data=(x.float(), y.float()),
+        method=ls.Subspace(rank="auto", rank_candidates=[4, 8]),
+        validation=(xv, yv),
+        dtype=torch.float64,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert r.info["rank"] in (4, 8) and r.info["dtype"] == "torch.float64"
+
+
+# ---------------------------------------------------------------------- info and maxiter=0
+def test_info_is_built_by_the_method():
+    model, x, y = _problem()
+    r = ls.refine(model, data=(x, y), method=ls.Krylov(maxiter=5, preconditioner=Nystrom(rank=4)))
+    info = r.info
+    assert info["method"] == "krylov" and info["settings"] == ls.Krylov(
+        maxiter=5, preconditioner=Nystrom(rank=4)
+    )
+    assert info["preconditioner"]["name"] == "nystrom" and info["preconditioner"]["rank"] == 4
+    assert info["iterations"] == info["solver"].itn <= 5
+    assert set(info["times"]) >= {"linearize", "precond_build", "solve", "check", "total"}
+    s = ls.refine(model, data=(x, y), method=ls.Subspace(rank=4))
+    assert set(s.info["times"]) >= {"linearize", "range_finder", "reduced", "check", "total"}
+    assert s.info["rank"] == 4 and s.info["reduced_solver"] == "dense"
+
+
+def test_maxiter_zero_means_zero_iterations():
+    """0.1 turned maxiter=0 into 1,000 iterations on the reduced LSMR path."""
+    model, x, y = _problem()
+    k = ls.refine(model, data=(x, y), method=ls.Krylov(maxiter=0, preconditioner=None))
+    assert k.info["iterations"] == 0 and torch.count_nonzero(k.delta) == 0
+    s = ls.refine(model, data=(x, y), method=ls.Subspace(rank=5, reduced="lsmr", reduced_maxiter=0))
+    assert s.info["solver"].itn == 0 and torch.count_nonzero(s.delta) == 0
+
+
+def test_krylov_lsqr_and_sample_space_reach_the_lstsq_solution():
+    from torch.func import functional_call, jacrev
+
+    model, x, y = _problem(n=30)  # 30 rows, 61 parameters: wide
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def res(p):
+        return (functional_call(model, p, (x,)) - y).reshape(-1)
+
+    jac = jacrev(res)(params)
+    G = torch.cat([jac[k].reshape(30, -1) for k in params], dim=1)
+    damp = 0.05  # the damped solution is unique and well conditioned: [G; damp I] lstsq
+    stacked = torch.cat([G, damp * torch.eye(G.shape[1], dtype=G.dtype)])
+    rhs = torch.cat([-res(params), torch.zeros(G.shape[1], dtype=G.dtype)])
+    ref = torch.linalg.lstsq(stacked, rhs[:, None]).solution[:, 0]
+    lsqr = ls.refine(
+        model,
+        data=(x, y),
+        method=ls.Krylov(
+            solver="lsqr", preconditioner=None, damp=damp, atol=1e-14, btol=1e-14, maxiter=2000
+        ),
+    )
+    assert lsqr.info["solver"].itn > 0
+    torch.testing.assert_close(lsqr.delta, ref, rtol=1e-6, atol=1e-8)
+    sample = ls.refine(
+        model,
+        data=(x, y),
+        method=ls.Krylov(space="auto", damp=damp, atol=1e-13, maxiter=300),
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert sample.info["space"] == "sample"
+    assert sample.info["preconditioner"]["name"] == "nystrom"
+    torch.testing.assert_close(sample.delta, ref, rtol=1e-6, atol=1e-8)
+
+
+# ---------------------------------------------------------------------- the 0.1 keywords
+def test_legacy_keywords_warn_with_the_new_call_and_give_identical_results():
+    model, x, y = _problem()
+    new = ls.refine(
+        model,
+        data=(x, y),
+        method=ls.Subspace(rank=7, oversample=4),
+        products=ls.Products(batch_size=8),
+        generator=torch.Generator().manual_seed(1),
+    )
+    with pytest.warns(DeprecationWarning, match=r"method=ls.Subspace\(rank=7, oversample=4\)"):
+        old = ls.refine(
+            model,
+            data=(x, y),
+            rank=7,
+            oversample=4,
+            batch_size=8,
+            generator=torch.Generator().manual_seed(1),
+        )
+    assert torch.equal(new.delta, old.delta)
+    with pytest.warns(DeprecationWarning, match=r"Auto\(nystrom=Nystrom\(rank=6"):
+        old_k = ls.refine(
+            model,
+            data=(x, y),
+            method="krylov",
+            preconditioner="auto",
+            precond_rank=6,
+            maxiter=4,
+            generator=torch.Generator().manual_seed(2),
+        )
+    new_k = ls.refine(
+        model,
+        data=(x, y),
+        method=ls.Krylov(preconditioner=Auto(nystrom=Nystrom(rank=6)), maxiter=4),
+        generator=torch.Generator().manual_seed(2),
+    )
+    assert torch.equal(new_k.delta, old_k.delta)
+    assert old_k.info["preconditioner"]["rank"] == 6
+
+
+def test_legacy_keywords_that_never_applied_are_refused():
+    model, x, y = _problem()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with pytest.raises(TypeError, match="precond_rank: does not apply to method='subspace'"):
+            ls.refine(model, data=(x, y), precond_rank=5)
+        with pytest.raises(TypeError, match="rank: does not apply to method='krylov'"):
+            ls.refine(model, data=(x, y), method="krylov", rank=5)
+        with pytest.raises(TypeError, match="put every setting on the method object"):
+            ls.refine(model, data=(x, y), method=ls.Subspace(), rank=5)
+        with pytest.raises(TypeError, match="unexpected keyword argument 'ranks'"):
+            ls.refine(model, data=(x, y), ranks=5)
+        with pytest.raises(TypeError, match="precond_rank: applies to the Nystrom"):
+            ls.refine(model, data=(x, y), method="krylov", preconditioner="jacobi", precond_rank=3)
