@@ -72,17 +72,18 @@ def parse_args(argv=None):
 
 @contextlib.contextmanager
 def kernels(on: bool):
-    old = os.environ.get(DISABLE_ENV)
-    if on:
-        os.environ.pop(DISABLE_ENV, None)
-    else:
-        os.environ[DISABLE_ENV] = "1"
+    """CUDA kernels on (the disabling variable cleared for the block) or off (in-process)."""
+    from lsr_scale import cuda
+
+    if not on:
+        with cuda.disabled():
+            yield
+        return
+    old = os.environ.pop(DISABLE_ENV, None)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop(DISABLE_ENV, None)
-        else:
+        if old is not None:
             os.environ[DISABLE_ENV] = old
 
 
@@ -154,7 +155,7 @@ def lsmr_fixed(A, b, k, M=None):
 def sec_correctness(ctx):
     import torch
 
-    from lsr_scale import _kernels as K
+    from lsr_scale import cuda as K
 
     g = torch.Generator(device="cuda").manual_seed(0)
     dt = ctx["dtype"]
@@ -213,7 +214,7 @@ def sec_correctness(ctx):
 def sec_bandwidth(ctx):
     import torch
 
-    from lsr_scale import _kernels as K
+    from lsr_scale import cuda as K
 
     dt = ctx["dtype"]
     es = torch.tensor([], dtype=dt).element_size()
@@ -582,7 +583,8 @@ def dry_run(args) -> int:
     import torch
 
     import lsr_scale as ls
-    from lsr_scale import _kernels as K
+    from lsr_scale import cuda as K
+    from lsr_scale.cuda._loader import kernel_dir
 
     need = {
         "lsr_scale.lsmr": getattr(ls, "lsmr", None),
@@ -605,7 +607,7 @@ def dry_run(args) -> int:
         f"dry run: sections {args.sections}, out {args.out}, budget {args.budget}s, "
         f"quick={args.quick}, dtype={args.dtype}"
     )
-    print(f"kernel sources: {K._kernel_dir()}")
+    print(f"kernel sources: {kernel_dir()}")
     print(f"CUDA available: {torch.cuda.is_available()}")
     if missing:
         print(f"missing API: {missing}")
@@ -632,7 +634,7 @@ def main(argv=None) -> int:
         )
         return 2
     import lsr_scale
-    from lsr_scale import _kernels as K
+    from lsr_scale import cuda as K
 
     t_start = time.perf_counter()
     try:

@@ -1,6 +1,6 @@
 // Batched in-place fast Walsh-Hadamard transform (unnormalized, Sylvester ordering).
 //
-// Loaded at run time by lsr_scale._kernels through cupy.RawModule (NVRTC), so this file is
+// Loaded at run time by lsr_scale.cuda through cupy.RawModule (NVRTC), so this file is
 // self-contained: no #include, extern "C" entry points, one per dtype.
 //
 // X is a contiguous (n, k) array, transformed along dim 0 (n a power of two). The host splits
@@ -13,7 +13,7 @@
 // which also batches log2(L) stages into one read and one write of X.
 //
 // Each butterfly is (a, b) -> (a + b, a - b) in the same stage order as the torch reference,
-// so results are bit-identical to lsr_scale._kernels._fwht_torch.
+// so results are bit-identical to lsr_scale.cuda.fwht._fwht_torch.
 
 template <typename T>
 __device__ __forceinline__ void fwht_pass_impl(T* __restrict__ X, long long outer, long long L,

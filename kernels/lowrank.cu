@@ -5,7 +5,7 @@
 // for an orthonormal basis U (m x l, row-major) stored in bf16, fp16 or the working dtype, and
 // y of shape (m,). Accumulation is in the working dtype of y (fp32 for fp32 y, fp64 for fp64 y).
 //
-// Loaded at run time by lsr_scale._kernels through cupy.RawModule (NVRTC): self-contained, no
+// Loaded at run time by lsr_scale.cuda through cupy.RawModule (NVRTC): self-contained, no
 // #include (bf16 and fp16 are decoded by hand from their raw 16-bit patterns), extern "C" entry
 // points per (storage, working dtype) pair.
 //

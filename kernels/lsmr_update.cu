@@ -4,7 +4,7 @@
 //
 // optionally also producing ||x||^2 of the updated x (the normx LSMR's stopping test needs).
 //
-// Loaded at run time by lsr_scale._kernels through cupy.RawModule (NVRTC): self-contained, no
+// Loaded at run time by lsr_scale.cuda through cupy.RawModule (NVRTC): self-contained, no
 // #include, extern "C" entry points per dtype.
 //
 // The coefficients are read from device memory when their pointer is non-null (0-d tensors kept

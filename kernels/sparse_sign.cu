@@ -1,6 +1,6 @@
 // Sparse-sign sketch application: out = S @ X and out = S^T @ Y.
 //
-// Loaded at run time by lsr_scale._kernels through cupy.RawModule (NVRTC): self-contained, no
+// Loaded at run time by lsr_scale.cuda through cupy.RawModule (NVRTC): self-contained, no
 // #include, extern "C" entry points per dtype.
 //
 // S is s x n with zeta nonzeros per column: column j holds values[j, t] at row indices[j, t].

@@ -5,8 +5,8 @@ least-squares problem min ||G0 delta + f0|| is solved through Jacobian-vector pr
 (Cao & Zhang, arXiv 2601.13989, made matrix-free). See ``docs/`` for the user guide.
 """
 
-from . import models, pde, precond, problems, sketch, testing
-from ._kernels import show_config
+from . import cuda, models, pde, precond, problems, sketch, testing
+from .cuda import show_config
 from .operators import JacobianOperator, LinearOperator, aslinearoperator
 from .randomized import randomized_range_finder, randomized_svd
 from .refine import IterativeResult, RefinedModel, iterative_refine, refine
@@ -29,6 +29,7 @@ __all__ = [
     "iterative_refine",
     "IterativeResult",
     "show_config",
+    "cuda",
     "sketch",
     "precond",
     "testing",

@@ -448,7 +448,7 @@ def test_no_per_iteration_host_sync(name, generator, monkeypatch):
 
 def test_lsmr_uses_kernel_registry(generator, monkeypatch):
     # The fused update is looked up at call time, so a CUDA path installed later is used.
-    import lsr_scale._kernels as kernels
+    import lsr_scale.cuda as kernels
 
     calls = []
     ref = kernels.lsmr_update_

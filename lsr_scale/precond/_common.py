@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .. import _kernels
+from .. import cuda
 from .._checks import describe
 from ..operators import LinearOperator, aslinearoperator
 
@@ -98,7 +98,7 @@ class LowRankOperator(LinearOperator):
 
     Notes
     -----
-    Without ``core`` the product is ``lsr_scale._kernels.lowrank_apply(U, d, c, y)``; with it,
+    Without ``core`` the product is ``lsr_scale.cuda.lowrank_apply(U, d, c, y)``; with it,
     ``lowrank_project`` (``z = U^T y``), the core, then ``lowrank_expand`` (``U w + c y``).
     All are looked up at call time, so the CUDA fast paths registered there are used.
     """
@@ -118,14 +118,14 @@ class LowRankOperator(LinearOperator):
 
     def _matvec(self, x):
         if self.core is None:
-            return _kernels.lowrank_apply(self.U, self.d, self.c, x)
+            return cuda.lowrank_apply(self.U, self.d, self.c, x)
         # Two passes over the (possibly bf16) basis blocks with the small core between them;
         # both passes go through the kernel registry (fused CUDA kernels on a GPU).
-        z = torch.cat([_kernels.lowrank_project(B, x) for B in self.blocks], dim=0)
+        z = torch.cat([cuda.lowrank_project(B, x) for B in self.blocks], dim=0)
         w = self.core @ z
         out, scale, k0 = x, self.c, 0
         for B in self.blocks:  # out = c x + sum_k B_k w_k
-            out = _kernels.lowrank_expand(B, w[k0 : k0 + B.shape[1]], scale, out)
+            out = cuda.lowrank_expand(B, w[k0 : k0 + B.shape[1]], scale, out)
             scale, k0 = 1.0, k0 + B.shape[1]
         return out
 

@@ -6,7 +6,7 @@ All three are :class:`~lsr_scale.LinearOperator` subclasses of shape ``(s, n)`` 
 ``J[rows] @ V`` without ever holding ``J @ V`` whole.
 
 The Walsh-Hadamard transform and the sparse-sign products go through
-:mod:`lsr_scale._kernels` (looked up at call time), so a CUDA fast path registered there is
+:mod:`lsr_scale.cuda` (looked up at call time), so a CUDA fast path registered there is
 picked up without changes here.
 """
 
@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .. import _kernels
+from .. import cuda
 from .._checks import check_choice, check_positive_int, describe
 from ..operators import LinearOperator
 
@@ -214,7 +214,7 @@ class SRHTSketch(_Sketch):
     transform mixes all rows, so it accumulates the blocks into an ``(n_pad, k)`` buffer
     (``n_pad * k`` numbers) before transforming. Use :class:`SparseSignSketch` or
     :class:`GaussianSketch` when that buffer does not fit. The transform is
-    ``lsr_scale._kernels.fwht_`` (CUDA path when available).
+    ``lsr_scale.cuda.fwht_`` (CUDA path when available).
 
     References
     ----------
@@ -241,7 +241,7 @@ class SRHTSketch(_Sketch):
         self.scale = 1.0 / math.sqrt(self.sketch_size)
 
     def _transform_rows(self, buf):
-        _kernels.fwht_(buf)
+        cuda.fwht_(buf)
         return buf[self.rows].mul_(self.scale)
 
     def _matmat(self, X):
@@ -252,7 +252,7 @@ class SRHTSketch(_Sketch):
     def _rmatmat(self, Y):
         buf = Y.new_zeros((self.n_pad, Y.shape[1]))
         buf[self.rows] = Y
-        _kernels.fwht_(buf)
+        cuda.fwht_(buf)
         return buf[: self.n].mul_(self.signs[:, None]).mul_(self.scale)
 
     def _block_init(self, k, like):
@@ -300,7 +300,7 @@ class SparseSignSketch(_Sketch):
     -----
     ``S`` is stored as ``(n, zeta)`` indices and values. Applying it costs ``O(n zeta k)``;
     :meth:`apply_blocks` streams (memory ``O(s k)``). The products are
-    ``lsr_scale._kernels.sparse_sign_apply`` / ``sparse_sign_apply_t``.
+    ``lsr_scale.cuda.sparse_sign_apply`` / ``sparse_sign_apply_t``.
 
     References
     ----------
@@ -327,17 +327,17 @@ class SparseSignSketch(_Sketch):
         self.values = vals.to(dtype=self.dtype, device=self.device)
 
     def _matmat(self, X):
-        return _kernels.sparse_sign_apply(self.indices, self.values, X, self.sketch_size)
+        return cuda.sparse_sign_apply(self.indices, self.values, X, self.sketch_size)
 
     def _rmatmat(self, Y):
-        return _kernels.sparse_sign_apply_t(self.indices, self.values, Y)
+        return cuda.sparse_sign_apply_t(self.indices, self.values, Y)
 
     def _block_init(self, k, like):
         return like.new_zeros((self.sketch_size, k))
 
     def _block_add(self, out, rows, Xb):
         return out.add_(
-            _kernels.sparse_sign_apply(self.indices[rows], self.values[rows], Xb, self.sketch_size)
+            cuda.sparse_sign_apply(self.indices[rows], self.values[rows], Xb, self.sketch_size)
         )
 
     def _block_finish(self, out):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _kernels
+from .. import cuda
 from ._common import (
     Record,
     bidiag_start,
@@ -107,7 +107,7 @@ def lsmr(
     safe division, and the stopping tests produce an on-device flag. After the tests fire,
     further iterations (until the host next looks) leave ``x`` and every reported number
     unchanged, so ``itn`` and ``istop`` are those of a check after every iteration. The vector
-    updates go through :func:`lsr_scale._kernels.lsmr_update_` (fused on CUDA when available).
+    updates go through :func:`lsr_scale.cuda.lsmr_update_` (fused on CUDA when available).
 
     References
     ----------
@@ -191,7 +191,7 @@ def _lsmr(prob) -> SolverResult:
         ca = torch.where(live, -safe_div(thetabar * rho, rhoold * rhobarold), zero)
         cb = torch.where(live, safe_div(zeta, rho * rhobar), zero)
         cc = torch.where(live, -safe_div(thetanew, rho), zero)
-        _kernels.lsmr_update_(x, h, hbar, v, ca, cb, cc)
+        cuda.lsmr_update_(x, h, hbar, v, ca, cb, cc)
 
         # ||r|| estimate: apply Qhat, Q and Qtilde to the rhs.
         betaacute = chat * betadd
