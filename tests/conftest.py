@@ -6,7 +6,8 @@ import pytest
 import torch
 
 # One intra-op thread: the test problems are small, and on a busy 2-core machine torch's
-# thread pool made a 1 s training loop take 47 s (measured).
+# thread pool made a 1 s training loop take 47 s (measured). Set here for collection and
+# again for every test module by the autouse fixture ``_one_thread`` below.
 torch.set_num_threads(1)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -22,6 +23,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread for each test module (its module-scoped fixtures included), restored
+    afterwards, so a test that changes the thread count cannot slow the modules after it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(params=DEVICES)

@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
 import lsr_scale as ls
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These cases are small: one thread is as fast on a free runner and far faster on a
-    # shared one, where two threads per process oversubscribe the two cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _rel(pred, y):

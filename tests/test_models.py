@@ -9,16 +9,6 @@ from lsr_scale.models._deeponet import DeepONet
 from lsr_scale.models._modified_mlp import ModifiedMLP
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These cases are small: one thread is as fast on a free runner and far faster on a
-    # shared one, where two threads per process oversubscribe the two cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_deeponet_aligned_broadcast_and_grid_agree(generator):
     torch.manual_seed(0)
     net = DeepONet([5, 16, 16], [2, 16, 16])

@@ -13,16 +13,6 @@ from lsr_scale import pde
 from lsr_scale.models._deeponet import DeepONet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These cases are small: one thread is as fast on a free runner and far faster on a
-    # shared one, where two threads per process oversubscribe the two cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _mlp(d_in=2, width=8, depth=2, dtype=torch.float64, act=nn.Tanh):
     layers = [nn.Linear(d_in, width), act()]
     for _ in range(depth - 1):

@@ -16,16 +16,6 @@ from lsr_scale.problems._grf import periodic_grf, rbf_grf
 from lsr_scale.problems._poisson import PoissonProblem, exact_solution, source_term
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These cases are small: one thread is as fast on a free runner and far faster on a
-    # shared one, where two threads per process oversubscribe the two cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_burgers_solver_is_exact_on_the_heat_equation():
     x = np.arange(64) / 64
     u0 = np.sin(2 * np.pi * x) + 0.3 * np.cos(6 * np.pi * x)
