@@ -16,12 +16,15 @@ import json
 import textwrap
 from pathlib import Path
 
+from lsr_scale.cli import run_reproduce
+
 ROOT = Path(__file__).resolve().parents[1]
 RES = ROOT / "docs" / "results"
 IMG = ROOT / "docs" / "img"
 
 
 def plot(workload: str) -> None:
+    # matplotlib is optional (the plot extra): imported only when a figure is drawn
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,7 +80,7 @@ def plot(workload: str) -> None:
 
 def plot_poisson_curves(c: dict) -> None:
     """docs/img/poisson_iterative.png: relative L2 vs wall time, Iterative LSR vs L-BFGS."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional dependency, as in plot()
 
     fig, ax = plt.subplots(figsize=(5.8, 4.0))
     for key, label, style in (
@@ -110,8 +113,6 @@ def main() -> None:
             if (RES / f"{w}.json").exists():
                 plot(w)
         return
-    from lsr_scale.problems._reproduce import run_reproduce
-
     for w in args.workloads:
         curves: dict = {}
         run_reproduce(

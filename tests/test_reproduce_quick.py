@@ -6,19 +6,8 @@ import argparse
 import json
 
 import pytest
-import torch
 
-from lsr_scale.problems._reproduce import add_reproduce_parser, format_table, run_reproduce
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These cases are small: one thread is as fast on a free runner and far faster on a
-    # shared one, where two threads per process oversubscribe the two cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from lsr_scale.cli._reproduce import add_reproduce_parser, format_table, run_reproduce
 
 
 def test_parser_registers_reproduce():

@@ -1,8 +1,7 @@
-"""Command-line interface: ``lsr-scale demo``, ``lsr-scale reproduce``, ``lsr-scale info``."""
+"""``lsr-scale demo``: train a small MLP, refine it three ways, print the table, plot."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -10,35 +9,16 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["main", "run_demo"]
+from .._utils import PeakMemory, resolve_device
+from ..problems import FunctionProblem
+from ..refine import refine
+from ._tables import fmt_bytes, markdown_table
 
-
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def _print_table(rows: list[dict], cols: list[tuple[str, str]], file=None) -> None:
-    file = file or sys.stdout
-    header = [title for _, title in cols]
-    body = [[str(r.get(key, "")) for key, _ in cols] for r in rows]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
-    line = "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |"
-    print(line, file=file)
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|", file=file)
-    for b in body:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(b, widths)) + " |", file=file)
+__all__ = ["run_demo"]
 
 
 def run_demo(args) -> list[dict]:
     """Train the function-approximation MLP, refine it three ways, print a table, plot."""
-    import lsr_scale as ls
-    from lsr_scale._utils import PeakMemory, resolve_device
-    from lsr_scale.problems import FunctionProblem
-
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,9 +67,7 @@ def run_demo(args) -> list[dict]:
     ]
     refined_models = {}
     for key, kwargs, label in runs:
-        refined = ls.refine(
-            model, data=data, dtype=dtype, generator=gen, progress_bar=show, **kwargs
-        )
+        refined = refine(model, data=data, dtype=dtype, generator=gen, progress_bar=show, **kwargs)
         refined_models[key] = refined
         err = prob.test_error(lambda x, r=refined: r(x.to(dtype)))
         info = refined.info
@@ -113,19 +91,19 @@ def run_demo(args) -> list[dict]:
         r["reduction"] = f"{base_err / r['rel_l2']:.1f}x"
         r["rel_l2_s"] = f"{r['rel_l2']:.3e}"
         r["time_s_s"] = f"{r['time_s']:.2f}"
-        r["peak_s"] = _fmt_bytes(r["peak"])
+        r["peak_s"] = fmt_bytes(r["peak"])
+    cols = [
+        ("method", "method"),
+        ("rel_l2_s", "test rel. L2"),
+        ("reduction", "reduction"),
+        ("time_s_s", "time (s)"),
+        ("peak_s", f"peak mem ({'GPU' if device.type == 'cuda' else 'RSS'})"),
+        ("iters", "LSMR iters"),
+        ("products", "JVP+VJP"),
+    ]
     print()
-    _print_table(
-        rows,
-        [
-            ("method", "method"),
-            ("rel_l2_s", "test rel. L2"),
-            ("reduction", "reduction"),
-            ("time_s_s", "time (s)"),
-            ("peak_s", f"peak mem ({'GPU' if device.type == 'cuda' else 'RSS'})"),
-            ("iters", "LSMR iters"),
-            ("products", "JVP+VJP"),
-        ],
+    print(
+        markdown_table([t for _, t in cols], [[str(r.get(k, "")) for k, _ in cols] for r in rows])
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -148,7 +126,7 @@ def run_demo(args) -> list[dict]:
 
 
 def _plot_demo(prob, model, refined_models, x_test, path):
-    try:
+    try:  # matplotlib is optional (the plot extra): imported only when a plot is drawn
         import matplotlib
 
         matplotlib.use("Agg")
@@ -194,73 +172,3 @@ def _plot_demo(prob, model, refined_models, x_test, path):
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lsr-scale",
-        description="Matrix-free Linearized Subspace Refinement (LSR) of trained networks.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser(
-        "demo",
-        help="train a small MLP, refine it, print the error table (runs on a CPU in ~1 min)",
-        description=(
-            "Train a tanh MLP with Adam on sin(pi x) sin(pi y) over [-1,1]^2, then refine it "
-            "with one-shot subspace LSR and with matrix-free Krylov LSR (unpreconditioned and "
-            "preconditioned). Prints test relative L2 errors, reduction factors, time, peak "
-            "memory and LSMR iterations; writes demo.json and demo.png to --out."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    demo.add_argument("--n-train", type=int, default=2000, help="training points")
-    demo.add_argument("--width", type=int, default=32, help="hidden-layer width")
-    demo.add_argument("--depth", type=int, default=3, help="number of hidden layers")
-    demo.add_argument("--epochs", type=int, default=10000, help="Adam epochs (full batch)")
-    demo.add_argument("--lr", type=float, default=3e-3, help="initial Adam learning rate")
-    demo.add_argument(
-        "--rank",
-        type=int,
-        default=600,
-        help="subspace rank k of one-shot LSR, also the rank of the Krylov preconditioner",
-    )
-    demo.add_argument(
-        "--krylov-iters", type=int, default=300, help="LSMR iteration limit for Krylov LSR"
-    )
-    demo.add_argument(
-        "--dtype",
-        choices=("float64", "float32"),
-        default="float64",
-        help="precision of the linearized solve (training is float32)",
-    )
-    demo.add_argument("--seed", type=int, default=0, help="seed for data, init and sketches")
-    demo.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda[:i]'")
-    demo.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (0: torch default); the demo problem is fastest on one",
-    )
-    demo.add_argument("--out", default="lsr_demo_out", help="output directory")
-    demo.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    demo.set_defaults(func=run_demo)
-
-    info = sub.add_parser("info", help="print versions and which kernel paths are active")
-    info.set_defaults(func=lambda a: __import__("lsr_scale").show_config())
-
-    from .problems._reproduce import add_reproduce_parser
-
-    add_reproduce_parser(sub)
-    return parser
-
-
-def main(argv=None) -> int:
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    args.func(args)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

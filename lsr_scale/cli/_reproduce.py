@@ -15,15 +15,24 @@ import time
 from pathlib import Path
 
 import torch
+from torch.func import functional_call
 
-__all__ = ["add_reproduce_parser", "run_reproduce", "WORKLOADS"]
+from .._utils import PeakMemory
+from ..operators import module_jvp
+from ..problems._antiderivative import AntiderivativeProblem
+from ..problems._burgers import BurgersProblem, DeepONetGrid
+from ..problems._checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from ..problems._function import FunctionProblem
+from ..problems._poisson import CPU_CONFIG, PoissonProblem
+from ..refine import iterative_refine, refine
+from ._tables import format_table
+
+__all__ = ["add_reproduce_parser", "run_reproduce", "format_table", "WORKLOADS"]
 
 WORKLOADS = ("function", "burgers", "antiderivative", "poisson")
 
 
 def _peak(device="cpu"):
-    from .._utils import PeakMemory
-
     return PeakMemory(device)
 
 
@@ -65,8 +74,6 @@ def _load_or_train(net, name: str, quick: bool, retrain: bool, train):
     unless ``retrain``), else ``train()``. Returns ``(checkpoint path, train wall s, the
     checkpoint's metadata or {} when trained here, peak memory bytes)``.
     """
-    from ._checkpoint import checkpoint_path, load_checkpoint
-
     ck = checkpoint_path(name)
     meta = {}
     t0 = time.perf_counter()
@@ -81,11 +88,7 @@ def _load_or_train(net, name: str, quick: bool, retrain: bool, train):
 
 
 # ---------------------------------------------------------------------- function
-def _function(quick: bool, retrain: bool, progress):
-    import lsr_scale as ls
-
-    from ._function import FunctionProblem
-
+def _function(quick: bool, retrain: bool, progress, log):
     if quick:
         prob = FunctionProblem(n_train=2000, widths=(2, 32, 32, 32, 1))
         case = "quick: MLP [2, 32x3, 1], 2,000 points (not the paper's case)"
@@ -103,8 +106,6 @@ def _function(quick: bool, retrain: bool, progress):
         lambda: prob.train(net, epochs=epochs, lr=3e-3, progress=progress),
     )
     if not quick and (retrain or not ck.exists()):
-        from ._checkpoint import save_checkpoint
-
         meta = dict(workload="function", epochs=epochs, lr=3e-3, train_wall_s=train_s)
         meta.update(test_rel_l2=prob.test_error(net), device="cpu", seed=prob.seed)
         save_checkpoint(net, ck, meta)
@@ -114,11 +115,11 @@ def _function(quick: bool, retrain: bool, progress):
     base = err_fn(net)
     rows = [_row("trained", base, train_s, peak, case=case + f", Adam {epochs} epochs")]
     g = torch.Generator().manual_seed(0)
-    r = ls.refine(
+    r = refine(
         net, data=(x_tr, y_tr), method="subspace", rank=rank, generator=g, progress_bar=progress
     )
     rows.append(_refine_row("subspace", r, err_fn(r), base, case=case))
-    r = ls.refine(
+    r = refine(
         net,
         data=(x_tr, y_tr),
         method="krylov",
@@ -134,8 +135,6 @@ def _function(quick: bool, retrain: bool, progress):
 
 # ---------------------------------------------------------------------- burgers
 def _grid_predict(refined, u, y):
-    from ..operators._jacobian import module_jvp
-
     fixed = getattr(refined.model, "y", None)
     if fixed is not None and not torch.equal(fixed, y):
         raise ValueError("_grid_predict: y differs from the view's fixed trunk grid")
@@ -146,13 +145,7 @@ def _grid_predict(refined, u, y):
     return out + dout
 
 
-def _burgers(quick: bool, retrain: bool, progress):
-    from torch.func import functional_call
-
-    import lsr_scale as ls
-
-    from ._burgers import BurgersProblem, DeepONetGrid
-
+def _burgers(quick: bool, retrain: bool, progress, log):
     paper = {"trained": 1.08e-2, "subspace": 2.05e-3, "krylov": None}  # no Krylov in paper
     if quick:
         prob = BurgersProblem(
@@ -194,7 +187,7 @@ def _burgers(quick: bool, retrain: bool, progress):
     k = min(rank, sum(p.numel() for p in net.parameters()))
     validation = None
     if quick:
-        r = ls.refine(
+        r = refine(
             view,
             residual_fn=residual_fn,
             method="subspace",
@@ -207,7 +200,7 @@ def _burgers(quick: bool, retrain: bool, progress):
         # held-out validation functions (another seed; never the test set).
         val = BurgersProblem(n_train=1, n_test=100, seed=12345, dtype=torch.float64)
         validation = (val.u_test, val.s_test)  # same 128-point grid as y
-        r = ls.refine(
+        r = refine(
             view,
             residual_fn=residual_fn,
             method="subspace",
@@ -217,7 +210,7 @@ def _burgers(quick: bool, retrain: bool, progress):
             generator=g,
             progress_bar=progress,
         )
-        print("burgers rank scan:", r.info.get("rank_scan"))
+        log(f"burgers rank scan: {r.info.get('rank_scan')}")
     err = prob.test_error(lambda inp: _grid_predict(r, *inp))
     rows.append(
         _refine_row(
@@ -236,7 +229,7 @@ def _burgers(quick: bool, retrain: bool, progress):
     kits = [kit] if quick else [25, 100, kit]
     best = None
     for it in kits:
-        r = ls.refine(
+        r = refine(
             view,
             residual_fn=residual_fn,
             method="krylov",
@@ -251,7 +244,7 @@ def _burgers(quick: bool, retrain: bool, progress):
             vu, vs = validation
             pv = _grid_predict(r, vu, y)
             v = float((pv - vs).norm() / vs.norm())
-            print(f"burgers krylov maxiter={it}: validation rel L2 {v:.3e}")
+            log(f"burgers krylov maxiter={it}: validation rel L2 {v:.3e}")
         if best is None or v < best[0]:
             best = (v, it, r)
     r = best[2]
@@ -270,11 +263,7 @@ def _burgers(quick: bool, retrain: bool, progress):
 
 
 # ---------------------------------------------------------------------- antiderivative
-def _antiderivative(quick: bool, retrain: bool, progress):
-    import lsr_scale as ls
-
-    from ._antiderivative import AntiderivativeProblem
-
+def _antiderivative(quick: bool, retrain: bool, progress, log):
     paper = {"trained": 3.69e-3, "subspace": 1.53e-5, "krylov": None}  # no Krylov in paper
     if quick:
         prob = AntiderivativeProblem(n_train=300, n_test=5, dtype=torch.float64)
@@ -316,7 +305,7 @@ def _antiderivative(quick: bool, retrain: bool, progress):
                 )
             else:
                 kw = dict(preconditioner="auto", precond_rank=60, maxiter=200, damp=1e-4)
-            r = ls.refine(net, residual_fn=fn, method=method, generator=g, progress_bar=False, **kw)
+            r = refine(net, residual_fn=fn, method=method, generator=g, progress_bar=False, **kw)
             e = prob.instance_errors(
                 lambda inp, r=r: r((inp[0].expand(inp[1].shape[0], -1), inp[1]))[:, 0][None], [i]
             )
@@ -343,12 +332,7 @@ def _antiderivative(quick: bool, retrain: bool, progress):
 
 
 # ---------------------------------------------------------------------- poisson
-def _poisson(quick: bool, retrain: bool, progress, curves: dict | None = None):
-    import lsr_scale as ls
-
-    from ..refine._iterative import iterative_refine
-    from ._poisson import CPU_CONFIG, PoissonProblem
-
+def _poisson(quick: bool, retrain: bool, progress, log, curves: dict | None = None):
     if quick:
         cfg = dict(n_interior=1000, n_boundary=200, widths=(2, 32, 32, 32, 1), grid=51)
         case = "quick: MLP [2, 32x3, 1], 1,000 + 200 points (not the paper's case)"
@@ -375,7 +359,7 @@ def _poisson(quick: bool, retrain: bool, progress, curves: dict | None = None):
     g = torch.Generator().manual_seed(0)
     fn = prob.residual_fn(net)
     sub = prob.x_int[torch.randperm(prob.n_interior, generator=g)[: rank + 1000]]
-    r = ls.refine(
+    r = refine(
         net,
         residual_fn=fn,
         method="subspace",
@@ -386,7 +370,7 @@ def _poisson(quick: bool, retrain: bool, progress, curves: dict | None = None):
         progress_bar=progress,
     )
     rows.append(_refine_row("subspace", r, prob.test_error(r), base, case=case))
-    r = ls.refine(
+    r = refine(
         net,
         residual_fn=fn,
         method="krylov",
@@ -472,40 +456,6 @@ _RUNNERS = {
 }
 
 
-def _fmt(x, spec=".3e"):
-    return "" if x is None else format(x, spec) if isinstance(x, float) else str(x)
-
-
-def _fmt_bytes(n: int) -> str:
-    return f"{n / 2**20:.0f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
-
-
-def format_table(rows: list[dict]) -> str:
-    """A markdown table of reproduction rows."""
-    head = ["method", "rel. L2", "paper", "reduction", "rank / iters", "wall (s)", "peak mem"]
-    body = []
-    for r in rows:
-        ri = r.get("rank") if r.get("rank") is not None else r.get("iterations")
-        body.append(
-            [
-                r["method"] + (f" ({r['preconditioner']})" if r.get("preconditioner") else ""),
-                _fmt(r["rel_l2"]),
-                _fmt(r.get("paper")),
-                "" if r.get("reduction") is None else f"{r['reduction']:.1f}x",
-                _fmt(ri),
-                f"{r['wall_s']:.2f}",
-                _fmt_bytes(r["peak_mem_bytes"]),
-            ]
-        )
-    w = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    lines = [
-        "| " + " | ".join(h.ljust(x) for h, x in zip(head, w)) + " |",
-        "|" + "|".join("-" * (x + 2) for x in w) + "|",
-    ]
-    lines += ["| " + " | ".join(c.ljust(x) for c, x in zip(b, w)) + " |" for b in body]
-    return "\n".join(lines)
-
-
 def run_reproduce(
     workload: str,
     *,
@@ -515,8 +465,10 @@ def run_reproduce(
     progress=None,
     threads: int | None = None,
     curves: dict | None = None,
+    log=print,
 ) -> list[dict]:
-    """Run one workload and return its rows (see the module docstring)."""
+    """Run one workload, print (through ``log``) its table, and return its rows (see the
+    module docstring). ``curves``, for poisson, receives the error-vs-wall-time curves."""
     if workload not in _RUNNERS:
         raise ValueError(f"workload: expected one of {WORKLOADS}, got {workload!r}")
     old_threads = torch.get_num_threads()
@@ -525,17 +477,17 @@ def run_reproduce(
     t0 = time.perf_counter()
     kw = {"curves": curves} if workload == "poisson" else {}
     try:
-        rows, meta = _RUNNERS[workload](quick, retrain, progress, **kw)
+        rows, meta = _RUNNERS[workload](quick, retrain, progress, log, **kw)
     finally:
         torch.set_num_threads(old_threads)
     for r in rows:
         r["workload"] = workload
         r["quick"] = quick
         r["device"] = "cpu"
-    print(f"lsr-scale reproduce {workload}{' --quick' if quick else ''}: {rows[0]['case']}")
-    print(format_table(rows))
-    print(meta["paper_note"])
-    print(f"total {time.perf_counter() - t0:.1f} s")
+    log(f"lsr-scale reproduce {workload}{' --quick' if quick else ''}: {rows[0]['case']}")
+    log(format_table(rows))
+    log(meta["paper_note"])
+    log(f"total {time.perf_counter() - t0:.1f} s")
     if json_path:
         Path(json_path).write_text(json.dumps(rows, indent=2, default=str) + "\n")
     return rows
