@@ -14,7 +14,10 @@ import time
 
 import torch
 
+from lsr_scale.problems._antiderivative import AntiderivativeProblem
+from lsr_scale.problems._burgers import BurgersProblem
 from lsr_scale.problems._checkpoint import checkpoint_path, save_checkpoint
+from lsr_scale.problems._poisson import CPU_CONFIG, PoissonProblem
 
 
 def _train_and_save(workload, ck_name, prob, epochs, error, label, train_kw=None, **extra):
@@ -43,8 +46,6 @@ def _train_and_save(workload, ck_name, prob, epochs, error, label, train_kw=None
 
 
 def train_burgers(epochs: int) -> None:
-    from lsr_scale.problems._burgers import BurgersProblem
-
     prob = BurgersProblem()
     _train_and_save(
         "burgers",
@@ -58,8 +59,6 @@ def train_burgers(epochs: int) -> None:
 
 
 def train_antiderivative(epochs: int) -> None:
-    from lsr_scale.problems._antiderivative import AntiderivativeProblem
-
     prob = AntiderivativeProblem()
     _train_and_save(
         "antiderivative",
@@ -72,8 +71,6 @@ def train_antiderivative(epochs: int) -> None:
 
 
 def train_poisson(epochs: int) -> None:
-    from lsr_scale.problems._poisson import CPU_CONFIG, PoissonProblem
-
     prob = PoissonProblem(**CPU_CONFIG)  # scaled down for the CPU; see CPU_CONFIG
     _train_and_save(
         "poisson",

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from .. import pde
 from ..models._deeponet import DeepONet
+from ..pde import directional_derivative, stack_residuals
 from ._common import adam_loop
 from ._grf import rbf_grf
 
@@ -169,7 +169,7 @@ class AntiderivativeProblem:
         zero = torch.zeros(1, 1, dtype=self.dtype, device=self.device)
 
         def r_pde(p):
-            _, du = pde.directional_derivative(
+            _, du = directional_derivative(
                 lambda yy: functional_call(net, p, (u_row, yy))[:, 0], y, torch.ones(1)
             )
             return du - s_y
@@ -177,5 +177,5 @@ class AntiderivativeProblem:
         def r_ic(p):
             return functional_call(net, p, (u_row, zero))[:, 0]
 
-        fn = pde.stack_residuals({"ic": (r_ic, 1.0), "pde": (r_pde, 1.0)})
+        fn = stack_residuals({"ic": (r_ic, 1.0), "pde": (r_pde, 1.0)})
         return fn, u_row, y

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .._utils import progress as _progress
+
 __all__ = ["rel_l2", "train_adam", "adam_loop"]
 
 
@@ -63,8 +65,6 @@ def adam_loop(
     The loop behind :func:`train_adam` and the workloads' ``train`` methods (which draw their
     batches or points inside ``loss_at``). Returns the loss every ``log_every`` epochs.
     """
-    from .._utils import progress as _progress
-
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
     history: list[float] = []

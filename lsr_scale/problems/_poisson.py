@@ -10,13 +10,21 @@ boundary collocation points. The residual is built from :func:`lsr_scale.pde.for
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import torch
 from torch.func import functional_call
 
-from .. import pde
 from ..models import MLP
+from ..pde import (
+    forward_laplacian,
+    laplacian,
+    scalar_fn,
+    stack_residuals,
+    supports_forward_laplacian,
+)
+from ..refine._iterative import lbfgs_fit
 from ._common import adam_loop, rel_l2
 
 __all__ = ["PoissonProblem", "exact_solution", "source_term", "CPU_CONFIG"]
@@ -118,13 +126,13 @@ class PoissonProblem:
         x_bc = self.x_bc if x_bc is None else x_bc
         f = source_term(x_int.double()).to(x_int.dtype)
         g = exact_solution(x_bc.double()).to(x_bc.dtype)
-        fast = pde.supports_forward_laplacian(net)
+        fast = supports_forward_laplacian(net)
 
         def r_pde(p):
             if fast:
-                lap = pde.forward_laplacian(net, x_int, p)[2]
+                lap = forward_laplacian(net, x_int, p)[2]
             else:
-                lap = pde.laplacian(pde.scalar_fn(net, p), x_int)
+                lap = laplacian(scalar_fn(net, p), x_int)
             return -lap - f
 
         def r_bc(p):
@@ -135,7 +143,7 @@ class PoissonProblem:
     def residual_fn(self, net, x_int=None, x_bc=None):
         """Stacked residual ``[r_pde ; sqrt(w) r_bc]`` (block-scaled) of ``net``'s parameters."""
         b = self.blocks(net, x_int, x_bc)
-        return pde.stack_residuals({"pde": (b["pde"], 1.0), "bc": (b["bc"], self.bc_weight)})
+        return stack_residuals({"pde": (b["pde"], 1.0), "bc": (b["bc"], self.bc_weight)})
 
     def loss(self, net, x_int=None, x_bc=None) -> torch.Tensor:
         """``mean r_pde^2 + bc_weight mean r_bc^2`` (differentiable in ``net``'s parameters)."""
@@ -175,10 +183,6 @@ class PoissonProblem:
         Runs until the budget is reached or passed, so the baseline gets at least
         ``time_budget`` seconds. Returns the error curve ``[{"wall_s", "rel_l2",
         "iterations"}]`` (evaluation not timed)."""
-        import time
-
-        from ..refine._iterative import lbfgs_fit
-
         g = generator or torch.Generator().manual_seed(self.seed + 11)
         curve = [{"wall_s": 0.0, "rel_l2": self.test_error(net), "iterations": 0}]
         wall = 0.0
