@@ -14,10 +14,6 @@ def _tanh_derivs(z):
     return a, s1, -2 * a * s1
 
 
-def _sin_derivs(z):
-    return torch.sin(z), torch.cos(z), -torch.sin(z)
-
-
 def _silu_derivs(z):
     s = torch.sigmoid(z)
     d1 = s * (1 + z * (1 - s))

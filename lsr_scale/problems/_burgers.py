@@ -148,17 +148,10 @@ class BurgersProblem:
             )
         return net.to(self.dtype).to(self.device)
 
-    def grid_model(self, net: DeepONet) -> DeepONetGrid:
-        return DeepONetGrid(net)
-
     @property
     def train_data(self):
-        """``((u, y), s)`` for ``refine(problem.grid_model(net), data=...)``."""
+        """``((u, y), s)``: the training functions, the trunk grid and the targets."""
         return (self.u_train, self.y), self.s_train
-
-    @property
-    def test_data(self):
-        return (self.u_test, self.y), self.s_test
 
     def train(
         self,
