@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .operators import LinearOperator, aslinearoperator
+from .randomized import gaussian, resolve_generator
 
 __all__ = ["dottest"]
 
@@ -37,7 +38,8 @@ def dottest(
     rtol : float, optional
         Relative tolerance; default ``1e-10`` in float64 and ``1e-4`` in lower precision.
     generator : torch.Generator, optional
-        Source of the random vectors (CPU generator; vectors are moved to ``A.device``).
+        Source of the random vectors (drawn in float64 on its device, then moved to
+        ``A.device``); None: torch's global RNG, like every ``generator`` in the package.
     raise_error : bool
         Raise ``AssertionError`` on failure (default) instead of returning False.
 
@@ -56,11 +58,11 @@ def dottest(
         raise TypeError("A: expected a LinearOperator")
     if rtol is None:
         rtol = 1e-10 if A.dtype == torch.float64 else 1e-4
-    gen = generator if generator is not None else torch.Generator().manual_seed(1234)
+    gen = resolve_generator(generator)
     m, n = A.shape
     for _ in range(ntrials):
-        u = torch.randn(n, 2, generator=gen, dtype=torch.float64).to(A.dtype).to(A.device)
-        v = torch.randn(m, 2, generator=gen, dtype=torch.float64).to(A.dtype).to(A.device)
+        u = gaussian(n, 2, gen, dtype=A.dtype, device=A.device, draw_dtype=torch.float64)
+        v = gaussian(m, 2, gen, dtype=A.dtype, device=A.device, draw_dtype=torch.float64)
         Au = A.matvec(u[:, 0])
         Atv = A.rmatvec(v[:, 0])
         lhs = float(torch.dot(Au.double(), v[:, 0].double()))

@@ -140,8 +140,10 @@ def test_sketch_preconditioner_errors_and_truncation():
     with pytest.raises(ValueError, match="tall"):
         SketchPreconditioner(A)
     B = torch.randn(100, 10, dtype=F64, generator=_gen(0))
-    with pytest.raises(ValueError, match="at least m"):
+    with pytest.raises(ValueError, match="sketch_size: expected >= m = 10, got 5"):
         SketchPreconditioner(B, sketch_size=5)
+    with pytest.raises(TypeError, match="generator: expected a torch.Generator or None"):
+        SketchPreconditioner(B, sketch_size=200, generator=3)
     with pytest.raises(ValueError, match="sketch"):
         SketchPreconditioner(B, sketch="count")
     # sketch_size >= n: exact QR of A itself
@@ -286,6 +288,40 @@ def test_preconditioner_specifications_build():
         NystromPreconditioner(square, 0)
     with pytest.raises(ValueError, match="method"):
         NystromPreconditioner(square, 3, method="qr")
+
+
+def test_constructor_validation():
+    square = torch.randn(60, 50, dtype=F64, generator=_gen(0))
+    with pytest.raises(ValueError, match="rank: expected a positive integer, got 0"):
+        NystromPreconditioner(square, 0)
+    with pytest.raises(ValueError, match="method: expected one of 'svd', 'nystrom', got 'qr'"):
+        NystromPreconditioner(square, 3, method="qr")
+    with pytest.raises(TypeError, match="basis_dtype: expected a floating torch.dtype"):
+        NystromPreconditioner(square, 3, basis_dtype=torch.int32)
+    with pytest.raises(ValueError, match="block_size: expected a positive integer, got 0"):
+        NystromPreconditioner(square, 3, block_size=0)
+    with pytest.raises(ValueError, match="damp: expected a finite number >= 0"):
+        JacobiPreconditioner(square, -1.0)
+    with pytest.raises(TypeError, match="generator: expected a torch.Generator or None"):
+        JacobiPreconditioner(square, generator="seed")
+
+
+def test_nystrom_block_size_and_global_rng():
+    # block_size bounds the columns per product and leaves the result as it was; without a
+    # generator the build draws from torch's global RNG (torch.manual_seed reproduces it).
+    A = _decaying_problem()
+    ref = NystromPreconditioner(A, 12, generator=_gen(3), adaptive=True, tol=1e-6)
+    widest = []
+    op = ls.aslinearoperator(A)
+    matmat = op._matmat
+    op._matmat = lambda X: widest.append(X.shape[1]) or matmat(X)
+    blk = NystromPreconditioner(op, 12, generator=_gen(3), adaptive=True, tol=1e-6, block_size=7)
+    assert max(widest) == 7 and blk.rank == ref.rank
+    assert blk.build_matvecs == ref.build_matvecs
+    torch.testing.assert_close(blk.eigenvalues, ref.eigenvalues, rtol=1e-10, atol=0)
+    torch.manual_seed(3)
+    glob = NystromPreconditioner(A, 12, adaptive=True, tol=1e-6)
+    assert torch.equal(glob.U, ref.U)
 
 
 def test_float32_operator():

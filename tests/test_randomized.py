@@ -9,6 +9,8 @@ import torch
 
 import lsr_scale as ls
 from lsr_scale.operators import LinearOperator
+from lsr_scale.precond import NystromPreconditioner
+from lsr_scale.randomized import RangeFinder, gaussian, lowrank_gram, resolve_generator
 
 F64 = torch.float64
 
@@ -111,13 +113,25 @@ def test_reproducible_with_generator():
     assert not torch.equal(Q1, Q2)
 
 
-def test_no_generator_leaves_global_rng_alone():
+def test_no_generator_means_global_rng():
+    # The randomness rule: None draws from torch's global RNG, so torch.manual_seed
+    # reproduces the result and the global state advances.
     A = decaying(40, 30, torch.Generator().manual_seed(1))[0]
-    state = torch.get_rng_state()
+    torch.manual_seed(123)
     Q1 = ls.randomized_range_finder(A, 4)
+    state = torch.get_rng_state()
     Q2 = ls.randomized_range_finder(A, 4)
-    assert torch.equal(torch.get_rng_state(), state)
-    assert not torch.equal(Q1, Q2)  # fresh non-deterministic seed each call
+    assert not torch.equal(torch.get_rng_state(), state)
+    assert not torch.equal(Q1, Q2)
+    torch.manual_seed(123)
+    torch.testing.assert_close(ls.randomized_range_finder(A, 4), Q1, rtol=0, atol=0)
+    # ... the same numbers as passing the global generator explicitly.
+    torch.manual_seed(123)
+    Q3 = ls.randomized_range_finder(A, 4, generator=torch.Generator().manual_seed(123))
+    torch.testing.assert_close(Q3, Q1, rtol=0, atol=0)
+    assert resolve_generator(None) is torch.default_generator
+    g = torch.Generator()
+    assert resolve_generator(g) is g
 
 
 def test_matrix_free_operator_and_block_size(generator):
@@ -166,8 +180,18 @@ def test_bad_arguments(generator):
         ls.randomized_svd(A, 2, power_iters=1.5)
     with pytest.raises(ValueError, match="block_size"):
         ls.randomized_range_finder(A, 2, block_size=0)
-    with pytest.raises(TypeError, match="generator: expected a torch.Generator"):
+    with pytest.raises(TypeError, match="generator: expected a torch.Generator or None, got int"):
         ls.randomized_range_finder(A, 2, generator=0)
+    with pytest.raises(ValueError, match="power_iters: expected a non-negative integer, got -1"):
+        RangeFinder(A, power_iters=-1)
+    with pytest.raises(ValueError, match="block_size: expected a positive integer, got 0"):
+        RangeFinder(A, block_size=0)
+    with pytest.raises(ValueError, match="power_iters: expected 0 with method='nystrom', got 1"):
+        lowrank_gram(A, 2, method="nystrom", power_iters=1)
+    with pytest.raises(ValueError, match="method: expected one of 'svd', 'nystrom', got 'qr'"):
+        lowrank_gram(A, 2, method="qr")
+    with pytest.raises(TypeError, match="generator: expected a torch.Generator"):
+        lowrank_gram(A, 2, generator=1)
 
 
 @pytest.mark.cuda
@@ -181,3 +205,109 @@ def test_cuda_with_cpu_generator():
     g_cuda = torch.Generator(device="cuda").manual_seed(5)
     U2, S2, _ = ls.randomized_svd(A.cuda(), 5, generator=g_cuda)
     torch.testing.assert_close(S2.cpu(), torch.linalg.svdvals(A)[:5], rtol=1e-3, atol=0)
+
+
+# ------------------------------------------------------------------ incremental range finder
+def test_range_finder_grows_block_by_block_against_dense_svd(generator):
+    # Exactly rank 12: three blocks of 4 test vectors recover A, its singular values and
+    # its Gram eigenpairs; each block costs only its own products.
+    m, n, r = 70, 50, 12
+    B = torch.randn(m, r, generator=generator, dtype=F64)
+    C = torch.randn(r, n, generator=generator, dtype=F64)
+    A, op = B @ C, FactoredOperator(B, C)
+    f = RangeFinder(op)
+    assert f.rank == 0 and f.Q is None
+    for k in range(1, 4):
+        f.add(gaussian(n, 4, generator, dtype=F64, device="cpu"))
+        assert f.rank == 4 * k
+        assert torch.linalg.norm(f.Q.T @ f.Q - torch.eye(4 * k, dtype=F64)) < 1e-12
+        _ = f.Bt  # A^T Q for the new block only
+        assert (op.num_matvecs, op.num_rmatvecs) == (4 * k, 4 * k)
+    assert torch.linalg.norm(A - f.Q @ f.Bt.T) < 1e-10 * torch.linalg.norm(A)
+    s = torch.linalg.svdvals(A)[:r]
+    U, S, Vh = f.svd(r)
+    torch.testing.assert_close(S, s, rtol=1e-10, atol=0)
+    torch.testing.assert_close(U @ torch.diag(S) @ Vh, A, rtol=0, atol=1e-10)
+    V, lam = f.gram_eig()
+    torch.testing.assert_close(lam[:r], s.square(), rtol=1e-10, atol=0)
+    torch.testing.assert_close((V[:, :r] * lam[:r]) @ V[:, :r].T, A.T @ A, rtol=0, atol=1e-9)
+    # The a-posteriori probe: zero error at the full rank, sigma_{r'+1}-sized below it.
+    _, res_full = f.residual(gaussian(n, 5, generator, dtype=F64, device="cpu"), r)
+    assert float(res_full.max().sqrt()) < 1e-10 * float(s[0])
+    _, res_low = f.residual(gaussian(n, 5, generator, dtype=F64, device="cpu"), 6)
+    assert float(s[6]) * 0.1 < float(res_low.max().sqrt()) < float(s[6]) * 30
+
+
+def test_range_finder_power_iters_and_block_size(generator):
+    A, s = decaying(90, 60, generator, rate=0.8)
+    Om = gaussian(60, 8, generator, dtype=F64, device="cpu")
+    errs = []
+    for q in (0, 2):
+        f = RangeFinder(A, power_iters=q)
+        f.add(Om)
+        errs.append(float(torch.linalg.matrix_norm(A - f.Q @ f.Bt.T, ord=2)))
+    assert errs[1] < errs[0] and errs[1] < 1.5 * float(s[8])
+    B, C = torch.linalg.qr(A)
+    full, blocked = FactoredOperator(B, C), FactoredOperator(B, C)
+    f1, f3 = RangeFinder(full, power_iters=1), RangeFinder(blocked, power_iters=1, block_size=3)
+    for f in (f1, f3):
+        f.add(Om)
+        f.add(Om[:, :5] + 1.0)
+    assert blocked.widest == 3 and full.widest == 8
+    torch.testing.assert_close(f3.Q, f1.Q, rtol=0, atol=1e-10)
+    torch.testing.assert_close(f3.Bt, f1.Bt, rtol=0, atol=1e-10)
+
+
+def test_randomized_svd_and_nystrom_share_the_finder(generator):
+    # lowrank_gram (the Nystrom build) is the randomized SVD of A, read as A^T A = V S^2 V^T.
+    A, _ = decaying(80, 40, generator)
+    V, lam, info = lowrank_gram(A, 6, oversample=4, generator=torch.Generator().manual_seed(2))
+    f = RangeFinder(A)
+    om = torch.randn(40, 10, generator=torch.Generator().manual_seed(2), dtype=F64)
+    f.add(om)
+    V2, lam2 = f.gram_eig()
+    assert torch.equal(V, V2[:, :6]) and torch.equal(lam, lam2[:6])
+    assert info == {"rank": 6, "error_estimate": None, "history": []}
+    assert ls.precond.lowrank_gram is lowrank_gram
+    M = NystromPreconditioner(A, 6, oversample=4, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(M.U, V)
+    _, S, _ = ls.randomized_svd(A, 6, oversample=4, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(S.square(), lam, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("method", ["svd", "nystrom"])
+def test_lowrank_gram_block_size(method, generator):
+    A, _ = decaying(60, 40, generator)
+    B, C = torch.linalg.qr(A)
+    ops = FactoredOperator(B, C), FactoredOperator(B, C)
+    out = [
+        lowrank_gram(
+            op,
+            4,
+            method=method,
+            adaptive=True,
+            tol=1e-6,
+            block_size=bs,
+            generator=torch.Generator().manual_seed(4),
+        )
+        for op, bs in zip(ops, (None, 5))
+    ]
+    assert ops[1].widest == 5 < ops[0].widest
+    assert out[0][2]["rank"] == out[1][2]["rank"]
+    torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-10, atol=1e-14)
+
+
+def test_gaussian_draw_dtype(generator):
+    a = gaussian(5, 3, torch.Generator().manual_seed(0), dtype=torch.float32, device="cpu")
+    b = gaussian(
+        5,
+        3,
+        torch.Generator().manual_seed(0),
+        dtype=torch.float32,
+        device="cpu",
+        draw_dtype=F64,
+    )
+    c = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    assert a.dtype == b.dtype == torch.float32
+    assert torch.equal(b, c.float())
+    assert torch.equal(a, torch.randn(5, 3, generator=torch.Generator().manual_seed(0)))

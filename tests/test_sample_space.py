@@ -81,10 +81,18 @@ def test_cg_preconditioned_and_edge_cases():
     assert neg.istop == StopReason.CONLIM and not neg.converged
     with pytest.raises(ValueError, match="square"):
         cg(torch.randn(3, 4, dtype=F64), torch.ones(3, dtype=F64))
-    with pytest.raises(TypeError, match="dtype"):
+    with pytest.raises(TypeError, match="b: expected dtype torch.float64, got torch.float32"):
         cg(A, b.float())
     with pytest.raises(ValueError, match="rtol"):
         cg(A, b, rtol=-1.0)
+    with pytest.raises(TypeError, match=r"b: expected a torch.Tensor of shape \(50,\)"):
+        cg(A, b.numpy())
+    with pytest.raises(ValueError, match=r"x0: expected shape \(50,\), got \(49,\)"):
+        cg(A, b, x0=b[:49])
+    with pytest.raises(ValueError, match=r"M: expected shape \(50, 50\)"):
+        cg(A, b, M=torch.eye(49, dtype=F64))
+    with pytest.raises(TypeError, match="callback: expected a callable or None, got int"):
+        cg(A, b, callback=1)
 
 
 def test_cg_callback_and_float32():

@@ -368,7 +368,7 @@ def test_bad_inputs(name, generator):
         solve(A, b[:, None])
     with pytest.raises(TypeError, match="b: expected a torch.Tensor"):
         solve(A, b.numpy())
-    with pytest.raises(ValueError, match="b: expected device cpu"):
+    with pytest.raises(ValueError, match=r"b: expected device cpu, got meta — move with b.to"):
         solve(A, torch.empty(6, dtype=F64, device="meta"))
     with pytest.raises(ValueError, match=r"x0: expected shape \(4,\)"):
         solve(A, b, x0=torch.zeros(6, dtype=F64))
@@ -382,12 +382,14 @@ def test_bad_inputs(name, generator):
         (dict(damp=float("inf")), ValueError, "damp"),
         (dict(conlim=0.0), ValueError, "conlim: expected a number > 0"),
         (dict(conlim=float("nan")), ValueError, "conlim"),
+        (dict(conlim=-1.0), ValueError, r"conlim: expected a number > 0 or inf, got -1.0"),
         (dict(maxiter=-1), ValueError, "maxiter: expected a non-negative integer"),
         (dict(maxiter=2.5), ValueError, "maxiter"),
         (dict(check_every=0), ValueError, "check_every: expected a positive integer"),
         (dict(callback=3), TypeError, "callback: expected a callable"),
         (dict(M=torch.eye(5, dtype=F64)), ValueError, r"M: expected shape \(4, k\)"),
         (dict(M=torch.eye(4)), TypeError, "M: expected dtype torch.float64"),
+        (dict(M=torch.eye(4, dtype=F64, device="meta")), ValueError, "M: expected device cpu"),
     ]:
         with pytest.raises(exc, match=pat):
             solve(A, b, **kw)

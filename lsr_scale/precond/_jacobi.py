@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_choice, check_positive_int, check_tolerance
+from .._checks import check_choice, check_generator, check_positive_int, check_tolerance
 from ..operators import LinearOperator
-from ..sketch._sketches import _resolve_generator
+from ..randomized import resolve_generator
 from ._common import Preconditioner, as_operator
 
 __all__ = ["JacobiPreconditioner", "column_norms"]
@@ -38,6 +38,7 @@ def column_norms(
     """
     n, m = A.shape
     check_choice(method, ("auto", "exact", "hutchinson"), "method")
+    check_generator(generator)
     if method == "auto":
         method = "exact" if min(n, m) <= max_exact else "hutchinson"
     if method == "exact":
@@ -53,7 +54,7 @@ def column_norms(
             out += A.rmatmat(E).square().sum(dim=1)
         return out, method
     k = check_positive_int(num_samples, "num_samples")
-    gen = _resolve_generator(generator)
+    gen = resolve_generator(generator)
     out = torch.zeros(m, dtype=A.dtype, device=A.device)
     c = chunk or max(1, min(k, _MAX_CHUNK, (1 << 24) // max(m, n, 1)))
     done = 0
@@ -88,7 +89,7 @@ class JacobiPreconditioner(Preconditioner):
     max_exact : int
         Threshold of ``"auto"`` (default 4096).
     generator : torch.Generator, optional
-        For ``"hutchinson"``.
+        For ``"hutchinson"``; None: torch's global RNG.
 
     Attributes
     ----------

@@ -1,208 +1,18 @@
-"""Randomized Nystrom / randomized-SVD right preconditioner for damped least squares."""
+"""Randomized Nystrom / randomized-SVD right preconditioner for damped least squares.
+
+The low-rank approximation of ``A^T A`` is :func:`lsr_scale.randomized.lowrank_gram` (re-exported
+here as ``lsr_scale.precond.lowrank_gram``); this module turns it into the operator ``M``.
+"""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .._checks import check_choice, check_nonnegative_int, check_positive_int, check_tolerance
-from ..sketch._sketches import _resolve_generator
+from .._checks import check_float_dtype, check_tolerance
+from ..randomized import lowrank_gram
 from ._common import LowRankOperator, Preconditioner, as_operator
 
 __all__ = ["NystromPreconditioner", "lowrank_gram"]
-
-
-def _orth(Y: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.qr(Y, mode="reduced").Q
-
-
-def _extend_basis(Q: torch.Tensor | None, Y: torch.Tensor) -> torch.Tensor:
-    """Orthonormal basis of ``[Q, Y]`` as ``[Q, Q2]`` (block Gram-Schmidt, twice)."""
-    if Q is None:
-        return _orth(Y)
-    for _ in range(2):
-        Y = Y - Q @ (Q.T @ Y)
-    return torch.cat([Q, _orth(Y)], dim=1)
-
-
-class _SVDSketch:
-    """Randomized SVD of ``A`` grown block by block: ``A^T A ~= V diag(S^2) V^T``.
-
-    Keeps ``Q`` (orthonormal basis of ``A Omega``) and ``Bt = A^T Q``; a new block of test
-    vectors costs its JVPs and VJPs only (Halko-Martinsson-Tropp 2011, Alg. 4.1 / 5.1).
-    """
-
-    def __init__(self, A, power_iters: int) -> None:
-        self.A, self.power_iters = A, power_iters
-        self.Q = None
-        self.Bt = None
-
-    def residual(self, Omega, r):
-        """``(A Omega, ||(A - A_r) omega_i||^2 per column)`` for the rank-``r`` truncation
-        ``A_r = Q W_r S_r V_r^T``: the a-posteriori error probe."""
-        Y = self.A.matmat(Omega)
-        V, S, W = self._svd()
-        R = Y - self.Q @ (W[:, :r] @ (S[:r, None] * (V[:, :r].T @ Omega)))
-        return Y, R.square().sum(dim=0)
-
-    def add(self, Omega, Y=None):
-        A = self.A
-        if Y is None:
-            Y = A.matmat(Omega)
-        for _ in range(self.power_iters):
-            Y = A.matmat(_orth(A.rmatmat(_orth(Y))))
-        Qnew = _extend_basis(self.Q, Y)
-        k0 = 0 if self.Q is None else self.Q.shape[1]
-        Q2 = Qnew[:, k0:]
-        Bt2 = A.rmatmat(Q2)
-        self.Q = Qnew
-        self.Bt = Bt2 if self.Bt is None else torch.cat([self.Bt, Bt2], dim=1)
-
-    def _svd(self):
-        # Bt = A^T Q = V S W^T, so A ~= Q Q^T A = (Q W) S V^T.
-        V, S, Wt = torch.linalg.svd(self.Bt, full_matrices=False)
-        return V, S, Wt.T
-
-    def eig(self):
-        V, S, _ = self._svd()
-        return V, S.square()
-
-
-class _NystromSketch:
-    """Randomized Nystrom approximation of ``H = A^T A`` with the stabilizing shift.
-
-    ``H_nys = Y (Omega^T Y)^+ Y^T`` with ``Y = H Omega`` (Frangella-Tropp-Udell 2023, Alg. 2.1):
-    ``nu = sqrt(m) eps ||Y||``, ``Y_nu = Y + nu Omega``, ``C = chol(Omega^T Y_nu)``,
-    ``B = Y_nu C^-1``, ``B = U Sigma W^T``, ``Lambda = max(0, Sigma^2 - nu)``.
-    """
-
-    def __init__(self, A) -> None:
-        self.A = A
-        self.Omega = None
-        self.Y = None
-        self._U = self._lam = None
-
-    def _H(self, X):
-        return self.A.rmatmat(self.A.matmat(X))
-
-    def residual(self, Omega, r):
-        """``(H Omega, ||(H - H_r) omega_i||^2 per column)`` for the rank-``r`` truncation."""
-        Y = self._H(Omega)
-        U, lam = self.eig()
-        U, lam = U[:, :r], lam[:r]
-        return Y, (Y - U @ (lam[:, None] * (U.T @ Omega))).square().sum(dim=0)
-
-    def add(self, Omega, Y=None):
-        if Y is None:
-            Y = self._H(Omega)
-        if self.Omega is None:
-            Om, Yall = Omega, Y
-        else:
-            Om = torch.cat([self.Omega, Omega], dim=1)
-            Yall = torch.cat([self.Y, Y], dim=1)
-        # Orthonormalize the test matrix; Y follows linearly (Y = H Omega).
-        Qo, R = torch.linalg.qr(Om, mode="reduced")
-        self.Omega = Qo
-        self.Y = torch.linalg.solve_triangular(R, Yall, upper=True, left=False)
-        self._U = self._lam = None
-
-    def eig(self):
-        if self._U is None:
-            Om, Y = self.Omega, self.Y
-            m = Om.shape[0]
-            eps = torch.finfo(Y.dtype).eps
-            nu = math.sqrt(m) * eps * float(torch.linalg.matrix_norm(Y, ord=2))
-            Ynu = Y + nu * Om
-            Cm = Om.T @ Ynu
-            Cm = 0.5 * (Cm + Cm.T)
-            C, info = torch.linalg.cholesky_ex(Cm)
-            if int(info) != 0:  # add the shift again until it factors (rounding in Y)
-                shift = nu
-                while int(info) != 0:
-                    shift *= 10
-                    C, info = torch.linalg.cholesky_ex(
-                        Cm + shift * torch.eye(Cm.shape[0], dtype=Cm.dtype, device=Cm.device)
-                    )
-            B = torch.linalg.solve_triangular(C.T, Ynu, upper=True, left=False)
-            U, Sig, _ = torch.linalg.svd(B, full_matrices=False)
-            self._U, self._lam = U, (Sig.square() - nu).clamp_min(0)
-        return self._U, self._lam
-
-
-def lowrank_gram(
-    A,
-    rank,
-    *,
-    method="svd",
-    oversample=10,
-    power_iters=0,
-    generator=None,
-    adaptive=False,
-    tol=1e-8,
-    max_rank=None,
-):
-    """Randomized eigen-approximation ``A^T A ~= U diag(lam) U^T`` of rank ``rank``.
-
-    Returns ``(U, lam, info)`` with ``U`` (m x rank) orthonormal, ``lam`` descending. See
-    :class:`NystromPreconditioner` for the parameters; ``info`` holds ``rank``,
-    ``error_estimate`` (relative, see Notes there) and ``history`` (per doubling).
-    """
-    A = as_operator(A)
-    n, m = A.shape
-    check_choice(method, ("svd", "nystrom"), "method")
-    rank = check_positive_int(rank, "rank")
-    oversample = check_nonnegative_int(oversample, "oversample")
-    power_iters = check_nonnegative_int(power_iters, "power_iters")
-    tol = check_tolerance(tol, "tol")
-    cap = min(m, n) if method == "svd" else m
-    max_rank = cap if max_rank is None else min(check_positive_int(max_rank, "max_rank"), cap)
-    if method == "nystrom" and power_iters:
-        raise ValueError("power_iters: expected 0 with method='nystrom', got {power_iters}")
-    gen = _resolve_generator(generator)
-
-    def gauss(k):
-        G = torch.randn(m, k, generator=gen, device=gen.device, dtype=torch.float64)
-        return G.to(dtype=A.dtype, device=A.device)
-
-    sk = _SVDSketch(A, power_iters) if method == "svd" else _NystromSketch(A)
-    # With the SVD the oversampled columns sharpen the top `rank` directions; the Nystrom
-    # sketch keeps every column (its accuracy already grows with the sketch size).
-    extra = oversample if method == "svd" else 0
-    history = []
-    if not adaptive:
-        k = min(rank + extra, cap)
-        sk.add(gauss(k))
-        U, lam = sk.eig()
-        r = min(rank, U.shape[1])
-        return U[:, :r], lam[:r], {"rank": r, "error_estimate": None, "history": history}
-
-    # Adaptive: double the rank until the a-posteriori error estimate of the rank-r
-    # truncation is small enough. The probe vectors of each round become the next block of
-    # test vectors, so the estimate costs no extra products.
-    r = min(rank, max_rank)
-    k = min(r + extra, cap)
-    sk.add(gauss(k))
-    while True:
-        U, lam = sk.eig()
-        r = min(r, U.shape[1])
-        lam1 = float(lam[0]) if lam.numel() else 0.0
-        nprobe = min(max(r, 10), cap - k) if k < cap else 10
-        Om = gauss(nprobe)
-        Y, res2 = sk.residual(Om, r)
-        err = float(res2.max().sqrt())
-        # SVD: ||(A - A_r) w|| probes ||A - A_r|| = ||A^T A - V_r S_r^2 V_r^T||^(1/2).
-        err_h = err**2 if method == "svd" else err
-        est = err_h / lam1 if lam1 > 0 else (0.0 if err_h == 0 else math.inf)
-        history.append({"rank": r, "error_estimate": est})
-        if est <= tol or r >= max_rank:
-            break
-        if k < cap:
-            sk.add(Om, Y)
-            k += nprobe
-        r = min(2 * r, max_rank, k)
-    U, lam = sk.eig()
-    return U[:, :r], lam[:r], {"rank": r, "error_estimate": est, "history": history}
 
 
 class NystromPreconditioner(Preconditioner):
@@ -229,7 +39,8 @@ class NystromPreconditioner(Preconditioner):
     damp : float
         The damping of the least-squares problem (``mu = damp^2`` in the formula).
     generator : torch.Generator, optional
-        Source of the test vectors; ``None`` draws a fresh seed.
+        Source of the test vectors; None: torch's global RNG (the package's randomness rule,
+        :func:`lsr_scale.randomized.resolve_generator`).
     oversample : int
         Extra test vectors for ``method="svd"`` (the top ``rank`` are kept). Default 10.
     method : {"svd", "nystrom"}
@@ -252,6 +63,9 @@ class NystromPreconditioner(Preconditioner):
     basis_dtype : torch.dtype, optional
         Storage dtype of ``U`` (e.g. ``torch.bfloat16`` halves memory against float32); it is
         cast to the working dtype per product. Default: ``A.dtype``. See Notes.
+    block_size : int, optional
+        At most this many columns per product with ``A`` / ``A^T`` during the build (bounds
+        the memory of Jacobian operators). Default: a whole block of test vectors at once.
 
     Attributes
     ----------
@@ -337,13 +151,12 @@ class NystromPreconditioner(Preconditioner):
         tol=1e-8,
         max_rank=None,
         basis_dtype=None,
+        block_size=None,
     ) -> None:
         A = as_operator(A)
         damp = check_tolerance(damp, "damp")
-        if basis_dtype is not None and (
-            not isinstance(basis_dtype, torch.dtype) or not basis_dtype.is_floating_point
-        ):
-            raise TypeError(f"basis_dtype: expected a floating torch.dtype, got {basis_dtype!r}")
+        if basis_dtype is not None:
+            check_float_dtype(basis_dtype, "basis_dtype")
         super().__init__(A.shape[1], A.dtype, A.device)
         self.damp = damp
         self.method = method
@@ -358,6 +171,7 @@ class NystromPreconditioner(Preconditioner):
                 adaptive=adaptive,
                 tol=tol,
                 max_rank=max_rank,
+                block_size=block_size,
             )
             self._set_basis(U, lam, basis_dtype)
         self.rank = int(info["rank"])

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_choice, check_positive_int, check_tolerance
-from ..sketch._sketches import SKETCHES, _resolve_generator
+from .._checks import (
+    check_at_least,
+    check_choice,
+    check_generator,
+    check_positive_int,
+    check_tolerance,
+)
+from ..sketch._sketches import SKETCHES
 from ._common import Preconditioner, as_operator, column_blocks
 
 __all__ = ["SketchPreconditioner", "sketch_operator"]
@@ -59,7 +65,7 @@ class SketchPreconditioner(Preconditioner):
     sketch : {"sparse_sign", "gaussian", "srht"}
         The embedding (see :mod:`lsr_scale.sketch`). Default ``"sparse_sign"``.
     generator : torch.Generator, optional
-        Source of randomness; ``None`` draws a fresh seed.
+        Source of randomness; None: torch's global RNG.
     rank_tol : float, optional
         ``R`` counts as rank deficient when ``sigma_min(R) <= rank_tol * sigma_max(R)``.
         Default ``m * eps`` of ``A``'s dtype.
@@ -134,14 +140,14 @@ class SketchPreconditioner(Preconditioner):
         A = as_operator(A)
         n, m = A.shape
         check_choice(sketch, tuple(SKETCHES), "sketch")
+        check_generator(generator)
         if m > n:
             raise ValueError(
                 f"A: expected a tall operator (m <= n) for sketch-and-precondition, got shape "
                 f"{A.shape}; use NystromPreconditioner or the sample-space solver instead"
             )
         s = 4 * m if sketch_size is None else check_positive_int(sketch_size, "sketch_size")
-        if s < m:
-            raise ValueError(f"sketch_size: expected at least m = {m}, got {s}")
+        check_at_least(s, m, "sketch_size", "m")
         super().__init__(m, A.dtype, A.device)
         eps = torch.finfo(A.dtype).eps
         rank_tol = m * eps if rank_tol is None else check_tolerance(rank_tol, "rank_tol")
@@ -154,7 +160,7 @@ class SketchPreconditioner(Preconditioner):
                 S = SKETCHES[sketch](
                     n,
                     s,
-                    generator=_resolve_generator(generator),
+                    generator=generator,
                     dtype=A.dtype,
                     device=A.device,
                     **sketch_options,

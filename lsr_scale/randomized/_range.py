@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_nonnegative_int, check_positive_int, describe
+from .._checks import (
+    check_at_most,
+    check_generator,
+    check_nonnegative_int,
+    check_positive_int,
+)
 from ..operators import LinearOperator, aslinearoperator
+from ._rng import gaussian
 
-__all__ = ["randomized_range_finder", "randomized_svd"]
-
-
-def _check_args(A, rank, oversample, power_iters, generator, block_size):
-    A = aslinearoperator(A)
-    m, n = A.shape
-    rank = check_positive_int(rank, "rank")
-    if rank > min(m, n):
-        raise ValueError(f"rank: expected <= min(m, n) = {min(m, n)}, got {rank}")
-    oversample = check_nonnegative_int(oversample, "oversample")
-    power_iters = check_nonnegative_int(power_iters, "power_iters")
-    if block_size is not None:
-        block_size = check_positive_int(block_size, "block_size")
-    if generator is None:
-        # A fresh generator with a non-deterministic seed: the global RNG is left alone.
-        generator = torch.Generator()
-        generator.seed()
-    elif not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator or None, got {describe(generator)}")
-    return A, rank, oversample, power_iters, generator, block_size
+__all__ = ["RangeFinder", "randomized_range_finder", "randomized_svd"]
 
 
 def _blocked(apply, X: torch.Tensor, block_size: int | None) -> torch.Tensor:
@@ -43,15 +30,139 @@ def _orth(Y: torch.Tensor) -> torch.Tensor:
     return torch.linalg.qr(Y, mode="reduced").Q
 
 
-def _range(A: LinearOperator, ell, power_iters, generator, block_size) -> torch.Tensor:
-    n = A.shape[1]
-    omega = torch.randn(n, ell, generator=generator, device=generator.device, dtype=A.dtype)
-    omega = omega.to(A.device)
-    Q = _orth(_blocked(A.matmat, omega, block_size))
-    for _ in range(power_iters):
-        Z = _orth(_blocked(A.rmatmat, Q, block_size))
-        Q = _orth(_blocked(A.matmat, Z, block_size))
-    return Q
+class RangeFinder:
+    """Orthonormal basis ``Q`` of the range of ``A``, grown block by block.
+
+    Each :meth:`add` takes a block of test vectors ``Omega`` (``n x k``), samples
+    ``Y = A Omega`` (after ``power_iters`` subspace iterations) and appends an orthonormal
+    basis of the part of ``range(Y)`` not yet in ``Q`` (block Gram-Schmidt, twice). ``Bt =
+    A^T Q`` is kept alongside, computed for the new columns only, so ``A ~= Q Q^T A = Q Bt^T``
+    and its SVD follow from small dense factorizations: a new block costs only its own
+    products (Halko-Martinsson-Tropp 2011, Alg. 4.1, 4.4 and 5.1).
+    :func:`randomized_range_finder`, :func:`randomized_svd` and :func:`lowrank_gram` (the
+    Nystrom preconditioner's build) all run on it.
+
+    Parameters
+    ----------
+    A : LinearOperator or anything :func:`lsr_scale.aslinearoperator` accepts
+        The ``(m, n)`` operator; only ``A.matmat`` and ``A.rmatmat`` are used.
+    power_iters : int
+        Subspace iterations per block, ``Y <- A qr(A^T qr(Y))`` (each costs ``k`` more
+        products with ``A^T`` and with ``A``); they sharpen the basis when the spectrum
+        decays slowly.
+    block_size : int, optional
+        At most this many columns go through ``A.matmat`` / ``A.rmatmat`` at once (bounds the
+        memory of Jacobian operators). Default: a whole block at once.
+
+    Attributes
+    ----------
+    Q : torch.Tensor or None
+        ``(m, k)`` orthonormal basis (None before the first :meth:`add`).
+
+    Examples
+    --------
+    >>> import torch, lsr_scale as ls
+    >>> from lsr_scale.randomized import RangeFinder, gaussian
+    >>> g = torch.Generator().manual_seed(0)
+    >>> A = torch.randn(40, 6, generator=g, dtype=torch.float64) @ torch.randn(
+    ...     6, 30, generator=g, dtype=torch.float64)
+    >>> f = RangeFinder(A)
+    >>> f.add(gaussian(30, 3, g, dtype=A.dtype, device=A.device))
+    >>> f.add(gaussian(30, 3, g, dtype=A.dtype, device=A.device))
+    >>> f.rank, bool(torch.linalg.norm(A - f.Q @ f.Bt.T) < 1e-10 * torch.linalg.norm(A))
+    (6, True)
+    """
+
+    def __init__(self, A, *, power_iters: int = 0, block_size: int | None = None) -> None:
+        self.A = aslinearoperator(A)
+        self.power_iters = check_nonnegative_int(power_iters, "power_iters")
+        if block_size is not None:
+            block_size = check_positive_int(block_size, "block_size")
+        self.block_size = block_size
+        self.Q = None
+        self._Bt = None
+        self._svd_bt = None
+
+    @property
+    def rank(self) -> int:
+        """Columns of ``Q`` so far."""
+        return 0 if self.Q is None else int(self.Q.shape[1])
+
+    def sample(self, Omega: torch.Tensor) -> torch.Tensor:
+        """``A Omega`` (blocked)."""
+        return _blocked(self.A.matmat, Omega, self.block_size)
+
+    def add(self, Omega: torch.Tensor, Y: torch.Tensor | None = None) -> None:
+        """Extend ``Q`` by the range of ``A Omega``; pass ``Y = A Omega`` if already known."""
+        A, bs = self.A, self.block_size
+        if Y is None:
+            Y = self.sample(Omega)
+        for _ in range(self.power_iters):
+            Y = _blocked(A.matmat, _orth(_blocked(A.rmatmat, _orth(Y), bs)), bs)
+        if self.Q is None:
+            self.Q = _orth(Y)
+        else:
+            for _ in range(2):
+                Y = Y - self.Q @ (self.Q.T @ Y)
+            self.Q = torch.cat([self.Q, _orth(Y)], dim=1)
+        self._svd_bt = None
+
+    @property
+    def Bt(self) -> torch.Tensor:
+        """``A^T Q`` (``n x k``); the products for columns added since the last call run now."""
+        k0 = 0 if self._Bt is None else self._Bt.shape[1]
+        if k0 < self.rank:
+            Qnew = self.Q if k0 == 0 else self.Q[:, k0:]
+            Bt2 = _blocked(self.A.rmatmat, Qnew, self.block_size)
+            self._Bt = Bt2 if self._Bt is None else torch.cat([self._Bt, Bt2], dim=1)
+        return self._Bt
+
+    def svd(self, rank: int | None = None):
+        """``(U, S, Vh)``: the SVD of ``Q Q^T A`` truncated to ``rank`` (default: all ``k``).
+
+        From the small SVD ``Q^T A = Bt^T = Ub S Vh`` and ``U = Q Ub`` (Alg. 5.1).
+        """
+        rank = self.rank if rank is None else rank
+        Ub, S, Vh = torch.linalg.svd(self.Bt.T, full_matrices=False)
+        return self.Q @ Ub[:, :rank], S[:rank], Vh[:rank]
+
+    def _factors(self):
+        # Bt = A^T Q = V S W^T, so A ~= Q Q^T A = (Q W) S V^T.
+        if self._svd_bt is None:
+            V, S, Wt = torch.linalg.svd(self.Bt, full_matrices=False)
+            self._svd_bt = (V, S, Wt.T)
+        return self._svd_bt
+
+    def gram_eig(self):
+        """``(V, S^2)`` with ``A^T A ~= V diag(S^2) V^T``, eigenvalues descending."""
+        V, S, _ = self._factors()
+        return V, S.square()
+
+    def residual(self, Omega: torch.Tensor, r: int):
+        """``(A Omega, ||(A - A_r) omega_i||^2 per column)`` for the rank-``r`` truncation
+        ``A_r = Q W_r S_r V_r^T``: the a-posteriori error probe (HMT 2011, sec. 4.3)."""
+        Y = self.sample(Omega)
+        V, S, W = self._factors()
+        R = Y - self.Q @ (W[:, :r] @ (S[:r, None] * (V[:, :r].T @ Omega)))
+        return Y, R.square().sum(dim=0)
+
+
+def _check_args(A, rank, oversample, power_iters, generator, block_size):
+    A = aslinearoperator(A)
+    rank = check_positive_int(rank, "rank")
+    check_at_most(rank, min(A.shape), "rank", "min(m, n)")
+    oversample = check_nonnegative_int(oversample, "oversample")
+    power_iters = check_nonnegative_int(power_iters, "power_iters")
+    if block_size is not None:
+        block_size = check_positive_int(block_size, "block_size")
+    check_generator(generator)
+    return A, rank, oversample, power_iters, generator, block_size
+
+
+def _finder(A: LinearOperator, ell, power_iters, generator, block_size) -> RangeFinder:
+    f = RangeFinder(A, power_iters=power_iters, block_size=block_size)
+    f.add(gaussian(A.shape[1], ell, generator, dtype=A.dtype, device=A.device))
+    return f
 
 
 def randomized_range_finder(
@@ -71,9 +182,9 @@ def randomized_range_finder(
         Subspace (power) iterations ``q``; each costs ``rank + p`` products with ``A^T`` and
         with ``A`` and sharpens the basis when the spectrum decays slowly.
     generator : torch.Generator, optional
-        Source of the Gaussian test matrix, drawn on the generator's device and then moved to
-        ``A.device``. The global RNG is never used. When None, a fresh generator with a
-        non-deterministic seed is created (results then differ between calls).
+        Source of the Gaussian test matrix (drawn in ``A.dtype`` on the generator's device,
+        then moved to ``A.device``); None: torch's global RNG (see
+        :func:`lsr_scale.randomized.resolve_generator`).
     block_size : int, optional
         At most this many columns go through ``A.matmat`` / ``A.rmatmat`` at once (bounds the
         memory of Jacobian operators). Default: all at once.
@@ -114,7 +225,7 @@ def randomized_range_finder(
     )
     ell = min(rank + oversample, *A.shape)
     with torch.no_grad():
-        return _range(A, ell, power_iters, generator, block_size)
+        return _finder(A, ell, power_iters, generator, block_size).Q
 
 
 def randomized_svd(A, rank, oversample=10, power_iters=0, generator=None, *, block_size=None):
@@ -165,8 +276,4 @@ def randomized_svd(A, rank, oversample=10, power_iters=0, generator=None, *, blo
     )
     ell = min(rank + oversample, *A.shape)
     with torch.no_grad():
-        Q = _range(A, ell, power_iters, generator, block_size)
-        B = _blocked(A.rmatmat, Q, block_size).T
-        Ub, S, Vh = torch.linalg.svd(B, full_matrices=False)
-        U = Q @ Ub[:, :rank]
-    return U, S[:rank], Vh[:rank]
+        return _finder(A, ell, power_iters, generator, block_size).svd(rank)

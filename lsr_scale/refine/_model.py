@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .._checks import check_inputs
 from ..operators import module_jvp, unflatten_params
 
 __all__ = ["RefinedModel"]
@@ -17,31 +18,6 @@ _VERSION = 1
 
 def _as_tuple(inputs):
     return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-
-
-def check_inputs(
-    tensors, what: str, dtype, device, *, whose="the model's", hint="", allow_empty=False
-) -> None:
-    """Raise unless ``tensors`` are tensors with ``dtype`` (floating ones), ``device`` and one
-    leading (row) dimension, non-empty unless ``allow_empty``."""
-    for i, x in enumerate(tensors):
-        name = f"{what}[{i}]" if len(tensors) > 1 else what
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-        if x.ndim == 0 or (x.shape[0] == 0 and not allow_empty):
-            raise ValueError(
-                f"{name}: expected at least one row of data, got shape {tuple(x.shape)}"
-            )
-        if x.is_floating_point() and x.dtype != dtype:
-            raise TypeError(f"{name}: expected dtype {dtype} ({whose}), got {x.dtype}{hint}")
-        if x.device != device:
-            raise ValueError(f"{name}: expected device {device} ({whose}), got {x.device}")
-    n = tensors[0].shape[0]
-    if any(x.shape[0] != n for x in tensors):
-        raise ValueError(
-            f"{what}: expected one leading (row) dimension, got shapes "
-            f"{[tuple(x.shape) for x in tensors]}"
-        )
 
 
 def _param_signature(model: torch.nn.Module) -> dict[str, tuple]:

@@ -17,28 +17,17 @@ import math
 import torch
 
 from .. import cuda
-from .._checks import check_choice, check_positive_int, describe
+from .._checks import (
+    check_at_most,
+    check_choice,
+    check_float_dtype,
+    check_positive_int,
+    check_tensor,
+)
 from ..operators import LinearOperator
+from ..randomized import resolve_generator
 
 __all__ = ["GaussianSketch", "SRHTSketch", "SparseSignSketch", "make_sketch", "SKETCHES"]
-
-
-def _resolve_generator(generator) -> torch.Generator:
-    """Return ``generator`` or a fresh, non-deterministically seeded one (never the global RNG)."""
-    if generator is None:
-        gen = torch.Generator()
-        gen.seed()
-        return gen
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator or None, got {describe(generator)}")
-    return generator
-
-
-def _resolve_dtype(dtype) -> torch.dtype:
-    dtype = torch.get_default_dtype() if dtype is None else dtype
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
-    return dtype
 
 
 class _Sketch(LinearOperator):
@@ -47,7 +36,8 @@ class _Sketch(LinearOperator):
     def __init__(self, n, sketch_size, dtype, device) -> None:
         n = check_positive_int(n, "n")
         s = check_positive_int(sketch_size, "sketch_size")
-        super().__init__((s, n), _resolve_dtype(dtype), "cpu" if device is None else device)
+        dtype = torch.get_default_dtype() if dtype is None else check_float_dtype(dtype, "dtype")
+        super().__init__((s, n), dtype, "cpu" if device is None else device)
         self.n = n
         self.sketch_size = s
 
@@ -79,20 +69,17 @@ class _Sketch(LinearOperator):
 
         Raises
         ------
+        TypeError
+            If a block is not a tensor or has the wrong dtype.
         ValueError
-            If there are no blocks, a block has the wrong shape, dtype or device, or the blocks
-            do not add up to ``n`` rows.
+            If there are no blocks, a block has the wrong shape or device, or the blocks do not
+            add up to ``n`` rows.
         """
         state = None
         k = None
         covered = 0
         for rows, Xb in blocks:
-            if not isinstance(Xb, torch.Tensor) or Xb.ndim != 2:
-                raise ValueError(f"apply_blocks: expected 2-D tensor blocks, got {describe(Xb)}")
-            if Xb.dtype != self.dtype:
-                raise TypeError(f"apply_blocks: expected dtype {self.dtype}, got {Xb.dtype}")
-            if Xb.device.type != self.device.type:
-                raise ValueError(f"apply_blocks: expected device {self.device}, got {Xb.device}")
+            check_tensor(Xb, (None, None), self.dtype, self.device, "apply_blocks block")
             nrows = len(range(self.n)[rows]) if isinstance(rows, slice) else int(len(rows))
             if Xb.shape[0] != nrows:
                 raise ValueError(
@@ -140,7 +127,8 @@ class GaussianSketch(_Sketch):
     sketch_size : int
         Output dimension ``s``.
     generator : torch.Generator, optional
-        Source of randomness. ``None`` draws a fresh seed (the global RNG is never used).
+        Source of randomness (draws on its device, then moved to ``device``); None: torch's
+        global RNG (:func:`lsr_scale.randomized.resolve_generator`).
     dtype : torch.dtype, optional
         Default: ``torch.get_default_dtype()``.
     device : torch.device or str, optional
@@ -170,7 +158,7 @@ class GaussianSketch(_Sketch):
 
     def __init__(self, n, sketch_size, *, generator=None, dtype=None, device=None) -> None:
         super().__init__(n, sketch_size, dtype, device)
-        gen = _resolve_generator(generator)
+        gen = resolve_generator(generator)
         G = torch.randn(
             self.sketch_size, self.n, generator=gen, device=gen.device, dtype=torch.float64
         )
@@ -228,12 +216,8 @@ class SRHTSketch(_Sketch):
     def __init__(self, n, sketch_size, *, generator=None, dtype=None, device=None) -> None:
         super().__init__(n, sketch_size, dtype, device)
         self.n_pad = 1 << max(0, (self.n - 1).bit_length())
-        if self.sketch_size > self.n_pad:
-            raise ValueError(
-                f"sketch_size: expected at most n_pad = {self.n_pad} for SRHT, "
-                f"got {self.sketch_size}"
-            )
-        gen = _resolve_generator(generator)
+        check_at_most(self.sketch_size, self.n_pad, "sketch_size", "n_pad (SRHT)")
+        gen = resolve_generator(generator)
         bits = torch.randint(0, 2, (self.n,), generator=gen, device=gen.device)
         self.signs = (2.0 * bits - 1.0).to(dtype=self.dtype, device=self.device)
         perm = torch.randperm(self.n_pad, generator=gen, device=gen.device)
@@ -317,10 +301,9 @@ class SparseSignSketch(_Sketch):
     ) -> None:
         super().__init__(n, sketch_size, dtype, device)
         zeta = min(8, self.sketch_size) if zeta is None else check_positive_int(zeta, "zeta")
-        if zeta > self.sketch_size:
-            raise ValueError(f"zeta: expected at most sketch_size = {self.sketch_size}, got {zeta}")
+        check_at_most(zeta, self.sketch_size, "zeta", "sketch_size")
         self.zeta = zeta
-        gen = _resolve_generator(generator)
+        gen = resolve_generator(generator)
         self.indices = _distinct_rows(self.n, self.sketch_size, zeta, gen).to(self.device)
         bits = torch.randint(0, 2, (self.n, zeta), generator=gen, device=gen.device)
         vals = (2.0 * bits - 1.0) / math.sqrt(zeta)

@@ -12,25 +12,17 @@ import math
 import torch
 
 from .._checks import (
-    _same_device,
+    check_callable,
     check_nonnegative_int,
+    check_operator,
     check_positive_int,
     check_tolerance,
-    describe,
+    check_vector,
 )
-from ..operators import LinearOperator, aslinearoperator
+from ..operators import aslinearoperator
 from ._result import SolverResult, StopReason
 
 __all__ = ["cg"]
-
-
-def _check_rhs(x, n, A, name):
-    if not isinstance(x, torch.Tensor) or x.ndim != 1 or x.shape[0] != n:
-        raise ValueError(f"{name}: expected a 1-D tensor of length {n}, got {describe(x)}")
-    if x.dtype != A.dtype:
-        raise TypeError(f"{name}: expected dtype {A.dtype}, got {x.dtype}")
-    if not _same_device(x.device, A.device):
-        raise ValueError(f"{name}: expected device {A.device}, got {x.device}")
 
 
 def _lanczos_extremes(alphas: torch.Tensor, betas: torch.Tensor):
@@ -143,20 +135,19 @@ def _cg(
     n = A.shape[0]
     if A.shape[1] != n:
         raise ValueError(f"A: expected a square operator, got shape {A.shape}")
-    _check_rhs(b, n, A, "b")
+    check_vector(b, n, A.dtype, A.device, "b", like="A")
     rtol = check_tolerance(rtol, "rtol")
     atol = check_tolerance(atol, "atol")
     maxiter = 10 * n if maxiter is None else check_nonnegative_int(maxiter, "maxiter")
     if check_every is None:
         check_every = 10 if A.device.type == "cuda" else 1
     check_every = check_positive_int(check_every, "check_every")
+    check_callable(callback, "callback")
     if M is not None:
-        if not isinstance(M, LinearOperator):
-            M = aslinearoperator(M)
-        if M.shape != (n, n):
-            raise ValueError(f"M: expected shape {(n, n)}, got {M.shape}")
-        if M.dtype != A.dtype:
-            raise TypeError(f"M: expected dtype {A.dtype}, got {M.dtype}")
+        M = aslinearoperator(M)
+        check_operator(M, (n, n), A.dtype, A.device, "M")
+    if x0 is not None:
+        check_vector(x0, n, A.dtype, A.device, "x0", like="A")
     mv0 = A.num_matvecs
     norm = torch.linalg.vector_norm
     with torch.no_grad():
@@ -164,7 +155,6 @@ def _cg(
             x = torch.zeros_like(b)
             r = b.clone()
         else:
-            _check_rhs(x0, n, A, "x0")
             x = x0.clone()
             r = b - A.matvec(x)
         normb = norm(b)

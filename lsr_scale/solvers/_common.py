@@ -7,13 +7,18 @@ here work on 0-d tensors and never read a value back to the host.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from numbers import Real
 
 import torch
 
-from .._checks import _same_device, check_nonnegative_int, check_tolerance, describe
+from .._checks import (
+    check_callable,
+    check_nonnegative_int,
+    check_operator,
+    check_positive_int,
+    check_tolerance,
+    check_vector,
+)
 from ..operators import LinearOperator, aslinearoperator
 
 __all__ = [
@@ -89,32 +94,6 @@ class _DampedStack(LinearOperator):
         return self.A.rmatmat(Y[: self._m]) + self.damp * Y[self._m :]
 
 
-# ---------------------------------------------------------------------------- input checks
-def _check_vector_arg(x, n: int, A: LinearOperator, name: str, what: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor of shape ({n},), got {describe(x)}")
-    if x.ndim != 1 or x.shape[0] != n:
-        raise ValueError(f"{name}: expected shape ({n},) ({what}), got {tuple(x.shape)}")
-    if x.dtype != A.dtype:
-        raise TypeError(
-            f"{name}: expected dtype {A.dtype}, got {x.dtype} — convert with {name}.to(A.dtype)"
-        )
-    if not _same_device(x.device, A.device):
-        raise ValueError(
-            f"{name}: expected device {A.device}, got {x.device} — move with {name}.to(A.device)"
-        )
-    return x.detach()
-
-
-def _check_conlim(conlim) -> float:
-    if isinstance(conlim, bool) or not isinstance(conlim, Real):
-        raise TypeError(f"conlim: expected a real number, got {type(conlim).__name__}")
-    conlim = float(conlim)
-    if math.isnan(conlim) or conlim <= 0:
-        raise ValueError(f"conlim: expected a number > 0 (inf for no limit), got {conlim}")
-    return conlim
-
-
 @dataclass
 class Problem:
     """A validated least-squares problem, reduced to ``min ||op y - u||`` (+ ``damp``)."""
@@ -158,28 +137,23 @@ def prepare(
     """
     A = aslinearoperator(A)
     m, n = A.shape
-    b = _check_vector_arg(b, m, A, "b", "A.shape[0]")
+    check_vector(b, m, A.dtype, A.device, "b", note=" (A.shape[0])", like="A")
+    b = b.detach()
     damp = check_tolerance(damp, "damp")
     atol = check_tolerance(atol, "atol")
     btol = check_tolerance(btol, "btol")
-    conlim = _check_conlim(conlim)
+    conlim = check_tolerance(conlim, "conlim", allow_zero=False, allow_inf=True)
     if x0 is not None:
-        x0 = _check_vector_arg(x0, n, A, "x0", "A.shape[1]")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback: expected a callable or None, got {describe(callback)}")
+        check_vector(x0, n, A.dtype, A.device, "x0", note=" (A.shape[1])", like="A")
+        x0 = x0.detach()
+    check_callable(callback, "callback")
     if check_every is None:
         check_every = 1 if A.device.type == "cpu" else 10
-    elif isinstance(check_every, bool) or not isinstance(check_every, int) or check_every <= 0:
-        raise ValueError(f"check_every: expected a positive integer or None, got {check_every!r}")
+    check_every = check_positive_int(check_every, "check_every")
 
     if M is not None:
         M = aslinearoperator(M)
-        if M.shape[0] != n:
-            raise ValueError(f"M: expected shape ({n}, k) (rows = A.shape[1]), got {M.shape}")
-        if M.dtype != A.dtype:
-            raise TypeError(f"M: expected dtype {A.dtype}, got {M.dtype}")
-        if not _same_device(M.device, A.device):
-            raise ValueError(f"M: expected device {A.device}, got {M.device}")
+        check_operator(M, (n, None), A.dtype, A.device, "M", note=" (rows = A.shape[1])")
     ny = n if M is None else M.shape[1]
 
     if maxiter is None:
