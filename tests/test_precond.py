@@ -232,6 +232,23 @@ def test_nystrom_adaptive_rank(method):
     assert capped.rank == 12 and capped.error_estimate > 1e-8
 
 
+@pytest.mark.parametrize(
+    ("dtype", "power_iters"), [(F64, 2), (torch.float32, 0)], ids=["f64-power2", "f32"]
+)
+def test_nystrom_adaptive_rank_stops_at_the_numerical_rank(dtype, power_iters):
+    # Exactly rank 20 plus a 1e-7 perturbation (below float32's resolution). Power iterations
+    # or float32 leave only rounding noise in a block past rank 20; that noise must not enter
+    # the basis unorthogonalized (it did, and the estimate then grew to > 1 up to max_rank).
+    n, m = 300, 80
+    L = _matrix(n, m, torch.linspace(10, 1, 20, dtype=F64), seed=7)
+    A = (L + 1e-7 * torch.randn(n, m, generator=_gen(8), dtype=F64)).to(dtype)
+    M = NystromPreconditioner(
+        A, 5, generator=_gen(3), power_iters=power_iters, adaptive=True, tol=1e-8
+    )
+    assert [h["rank"] for h in M.rank_history] == [5, 10, 20]
+    assert M.rank == 20 and M.error_estimate <= 1e-8
+
+
 def test_nystrom_reproducible():
     A = _decaying_problem()
     a = NystromPreconditioner(A, 10, generator=_gen(3)).to_dense()

@@ -238,6 +238,21 @@ def test_range_finder_grows_block_by_block_against_dense_svd(generator):
     assert float(s[6]) * 0.1 < float(res_low.max().sqrt()) < float(s[6]) * 30
 
 
+def test_range_finder_past_the_rank_stays_orthonormal(generator):
+    # Rank 6, blocks of 4: the second block adds 2 real directions and 2 of rounding noise,
+    # which must not spoil the orthonormality of Q (nor the projection Q Q^T A).
+    A = low_rank(40, 30, 6, generator)
+    for q in (0, 2):
+        f = RangeFinder(A, power_iters=q)
+        for _ in range(3):
+            f.add(gaussian(30, 4, generator, dtype=F64, device="cpu"))
+        assert f.rank == 12
+        assert torch.linalg.norm(f.Q.T @ f.Q - torch.eye(12, dtype=F64)) < 1e-12
+        assert torch.linalg.norm(A - f.Q @ f.Bt.T) < 1e-12 * torch.linalg.norm(A)
+        S = f.svd(6)[1]
+        torch.testing.assert_close(S, torch.linalg.svdvals(A)[:6], rtol=1e-12, atol=0)
+
+
 def test_range_finder_power_iters_and_block_size(generator):
     A, s = decaying(90, 60, generator, rate=0.8)
     Om = gaussian(60, 8, generator, dtype=F64, device="cpu")

@@ -35,7 +35,8 @@ class RangeFinder:
 
     Each :meth:`add` takes a block of test vectors ``Omega`` (``n x k``), samples
     ``Y = A Omega`` (after ``power_iters`` subspace iterations) and appends an orthonormal
-    basis of the part of ``range(Y)`` not yet in ``Q`` (block Gram-Schmidt, twice). ``Bt =
+    basis of the part of ``range(Y)`` not yet in ``Q`` (block Gram-Schmidt, twice, and once
+    more for noise past the numerical rank, so ``Q`` stays orthonormal). ``Bt =
     A^T Q`` is kept alongside, computed for the new columns only, so ``A ~= Q Q^T A = Q Bt^T``
     and its SVD follow from small dense factorizations: a new block costs only its own
     products (Halko-Martinsson-Tropp 2011, Alg. 4.1, 4.4 and 5.1).
@@ -104,7 +105,15 @@ class RangeFinder:
         else:
             for _ in range(2):
                 Y = Y - self.Q @ (self.Q.T @ Y)
-            self.Q = torch.cat([self.Q, _orth(Y)], dim=1)
+            Q2 = _orth(Y)
+            # Past the numerical rank of A (or with power iterations, which turn Y towards
+            # what Q already holds) what is left of Y is rounding noise, and the QR scales it
+            # up into directions that are not orthogonal to Q: project those out once more.
+            # While the block adds real directions this never triggers.
+            C = self.Q.T @ Q2
+            if float(torch.linalg.matrix_norm(C, ord=2)) > torch.finfo(C.dtype).eps ** 0.5:
+                Q2 = _orth(Q2 - self.Q @ C)
+            self.Q = torch.cat([self.Q, Q2], dim=1)
         self._svd_bt = None
 
     @property
