@@ -9,10 +9,18 @@ from . import cuda, models, pde, precond, problems, sketch, testing
 from .cuda import show_config
 from .operators import JacobianOperator, LinearOperator, aslinearoperator
 from .randomized import randomized_range_finder, randomized_svd
-from .refine import IterativeResult, RefinedModel, iterative_refine, refine
+from .refine import (
+    IterativeResult,
+    Krylov,
+    Products,
+    RefinedModel,
+    Subspace,
+    iterative_refine,
+    refine,
+)
 from .solvers import SolverResult, StopReason, lsmr, lsqr
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "LinearOperator",
@@ -25,6 +33,9 @@ __all__ = [
     "randomized_range_finder",
     "randomized_svd",
     "refine",
+    "Subspace",
+    "Krylov",
+    "Products",
     "RefinedModel",
     "iterative_refine",
     "IterativeResult",
