@@ -7,6 +7,7 @@ message of the form "<what>: expected <...>, got <...>".
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from numbers import Real
 
 import torch
@@ -29,6 +30,9 @@ __all__ = [
     "check_callable",
     "check_generator",
     "describe",
+    "check_auto_or_bool",
+    "check_callables",
+    "check_tensor_dict",
 ]
 
 
@@ -212,3 +216,55 @@ def check_choice(value, choices, name: str):
         opts = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{name}: expected one of {opts}, got {value!r}")
     return value
+
+
+def check_auto_or_bool(value, name: str):
+    """Raise ``ValueError`` unless ``value`` is ``"auto"``, ``True`` or ``False``; return it."""
+    if value is True or value is False or (isinstance(value, str) and value == "auto"):
+        return value
+    raise ValueError(f"{name}: expected one of 'auto', True, False, got {value!r}")
+
+
+def check_callables(value, name: str) -> list:
+    """Raise ``TypeError`` unless ``value`` is a callable or a non-empty list or tuple of
+    callables; return them as a list."""
+    if callable(value):
+        return [value]
+    if not isinstance(value, (list, tuple)) or len(value) == 0:
+        raise TypeError(
+            f"{name}: expected a callable or a non-empty list of callables, got {describe(value)}"
+        )
+    for i, fn in enumerate(value):
+        if not callable(fn):
+            raise TypeError(f"{name}[{i}]: expected a callable, got {describe(fn)}")
+    return list(value)
+
+
+def check_tensor_dict(value, name: str) -> dict:
+    """Raise unless ``value`` is a non-empty mapping of str to floating tensors sharing one
+    dtype and one device; return it as a new dict (same order, same tensors)."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name}: expected a dict of str -> torch.Tensor, got {describe(value)}")
+    if len(value) == 0:
+        raise ValueError(f"{name}: expected at least one tensor, got an empty dict")
+    first = None
+    for key, t in value.items():
+        if not isinstance(key, str):
+            raise TypeError(f"{name}: expected str keys, got {type(key).__name__} key {key!r}")
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}[{key!r}]: expected a torch.Tensor, got {describe(t)}")
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"{name}[{key!r}]: expected a floating dtype, got {t.dtype}")
+        if first is None:
+            first = (key, t)
+        elif t.dtype != first[1].dtype:
+            raise TypeError(
+                f"{name}: expected one dtype for all tensors, got {first[1].dtype} "
+                f"({first[0]!r}) and {t.dtype} ({key!r})"
+            )
+        elif t.device != first[1].device:
+            raise ValueError(
+                f"{name}: expected one device for all tensors, got {first[1].device} "
+                f"({first[0]!r}) and {t.device} ({key!r})"
+            )
+    return dict(value)

@@ -224,13 +224,15 @@ def test_fallbacks_for_custom_functions(generator):
     A = torch.randn(4, 3, dtype=F64, generator=generator)
     params = {"x": torch.randn(3, dtype=F64, generator=generator)}
     Jd = A * 2 * params["x"]
-    # No vmap rule: batched products fall back to a loop over columns.
+    # No vmap rule: batched products fall back to a loop over columns, once, with a warning.
     J = JacobianOperator(lambda p: A @ _Square.apply(p["x"]), params, linearize=False)
-    check_products(J, Jd, generator)
-    assert J.jvp_mode == "forward" and not J._use_vmap
-    # No torch.func support at all: "auto" falls back to double_vjp.
+    assert J.vmap_error is None  # construction takes single columns only
+    with pytest.warns(RuntimeWarning, match="vmap cannot batch"):
+        check_products(J, Jd, generator)
+    assert J.jvp_mode == "forward" and "vmap support" in J.vmap_error
+    # No torch.func support at all: "auto" falls back to double_vjp and says why.
     J = JacobianOperator(lambda p: A @ _OldSquare.apply(p["x"]), params)
-    assert J.jvp_mode == "double_vjp"
+    assert J.jvp_mode == "double_vjp" and "setup_context" in J.jvp_fallback_reason
     check_products(J, Jd, generator)
 
 

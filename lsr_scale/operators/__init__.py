@@ -8,7 +8,9 @@ from ._base import (
     SubspaceOperator,
     aslinearoperator,
 )
-from ._jacobian import JacobianOperator, flatten_params, module_jvp, unflatten_params
+from ._jacobian import JacobianOperator
+from ._module import module_jvp
+from ._params import flatten_params, unflatten_params
 
 __all__ = [
     "LinearOperator",

@@ -1,165 +1,52 @@
 """The Jacobian of a residual with respect to network parameters, as a matrix-free operator.
 
 :class:`JacobianOperator` wraps ``J = d vec(f(theta)) / d vec(theta)`` at a fixed point
-``theta0``. Products go through ``torch.func`` (forward-mode JVP, cached reverse-mode VJP) or,
-for residuals written with ``torch.autograd.grad``, through the double-VJP trick on plain
-autograd graphs. Nothing of size ``n x m`` is ever formed.
+``theta0``. It owns the row blocks, the construction checks and the product counters; the
+products themselves come from one of two back ends:
+
+* :class:`~lsr_scale.operators._forward.ForwardBackend`: ``torch.func`` forward-mode JVPs
+  (optionally through a cached ``torch.func.linearize``) and cached ``torch.func.vjp``;
+* :class:`~lsr_scale.operators._double_vjp.DoubleVJPBackend`: the double-VJP trick on plain
+  autograd graphs, for residuals written with ``torch.autograd.grad``.
+
+Nothing of size ``n x m`` is ever formed.
 """
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 
 import torch
-from torch import func as tfunc
 
-from .._checks import check_choice, check_matrix, check_positive_int, describe
+from .._checks import (
+    check_auto_or_bool,
+    check_callables,
+    check_choice,
+    check_matrix,
+    check_positive_int,
+    check_tensor_dict,
+    describe,
+)
+from ._backend import Backend, probe_vector
 from ._base import LinearOperator
+from ._double_vjp import DoubleVJPBackend
+from ._forward import ForwardBackend, is_untransformable
+from ._module import check_module_inputs, module_jvp, module_residual
+from ._params import flatten_params, select_param_names, unflatten_params
 
 __all__ = ["JacobianOperator", "flatten_params", "unflatten_params", "module_jvp"]
 
+# Imported from here by lsr_scale.refine (defined in _params).
+_select_param_names = select_param_names
+
 _JVP_MODES = ("auto", "forward", "double_vjp")
-_PROBE_SEED = 20240917
+
+# Two identical calls may differ by this many units of the dtype's eps times the size of the
+# terms (see JacobianOperator, check=True): room for nondeterministic reductions on GPUs.
+_DETERMINISM_EPS = 256
 
 
-def _best_time(fn, device, reps: int = 2) -> float:
-    """Shortest of ``reps`` timed calls of ``fn`` (after one untimed warm-up call)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-class _NoFallbackError(ValueError):
-    """A user error raised inside a residual that must not trigger a mode fallback."""
-
-
-class _LinearizeError(RuntimeError):
-    """``linearize=True`` was asked for and ``torch.func.linearize`` failed."""
-
-
-# ---------------------------------------------------------------------- parameter vectors
-def _check_param_dict(params, name: str = "params") -> dict[str, torch.Tensor]:
-    if not isinstance(params, Mapping):
-        raise TypeError(f"{name}: expected a dict of str -> torch.Tensor, got {describe(params)}")
-    if len(params) == 0:
-        raise ValueError(f"{name}: expected at least one parameter tensor, got an empty dict")
-    dtype = device = None
-    for key, value in params.items():
-        if not isinstance(key, str):
-            raise TypeError(f"{name}: expected str keys, got {type(key).__name__} key {key!r}")
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"{name}[{key!r}]: expected a torch.Tensor, got {describe(value)}")
-        if not value.dtype.is_floating_point:
-            raise TypeError(f"{name}[{key!r}]: expected a floating dtype, got {value.dtype}")
-        if dtype is None:
-            dtype, device, first = value.dtype, value.device, key
-        elif value.dtype != dtype:
-            raise TypeError(
-                f"{name}: expected one dtype for all tensors, got {dtype} ({first!r}) and "
-                f"{value.dtype} ({key!r})"
-            )
-        elif value.device != device:
-            raise ValueError(
-                f"{name}: expected one device for all tensors, got {device} ({first!r}) and "
-                f"{value.device} ({key!r})"
-            )
-    return dict(params)
-
-
-def flatten_params(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Concatenate a dict of tensors into one 1-D tensor.
-
-    Tensors are taken in the dict's insertion order and each is flattened row-major, the
-    column order of :class:`JacobianOperator`.
-
-    Parameters
-    ----------
-    params : dict of str to torch.Tensor
-        Floating tensors of one dtype on one device.
-
-    Returns
-    -------
-    torch.Tensor
-        A new 1-D tensor of length ``sum(p.numel() for p in params.values())``.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from lsr_scale.operators import flatten_params
-    >>> flatten_params({"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "b": torch.tensor([5.0])})
-    tensor([1., 2., 3., 4., 5.])
-    """
-    params = _check_param_dict(params)
-    return torch.cat([p.detach().reshape(-1) for p in params.values()])
-
-
-def unflatten_params(vec: torch.Tensor, like: Mapping[str, torch.Tensor]) -> dict:
-    """Split a 1-D tensor into a dict shaped like ``like`` (the inverse of flatten_params).
-
-    Parameters
-    ----------
-    vec : torch.Tensor
-        1-D tensor of length equal to the total number of entries of ``like``.
-    like : dict of str to torch.Tensor
-        Gives the names, order and shapes.
-
-    Returns
-    -------
-    dict of str to torch.Tensor
-        Views into ``vec`` (no copy), one per entry of ``like``.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from lsr_scale.operators import unflatten_params
-    >>> like = {"w": torch.zeros(2, 2), "b": torch.zeros(1)}
-    >>> out = unflatten_params(torch.arange(5.0), like)
-    >>> out["w"], out["b"]
-    (tensor([[0., 1.],
-            [2., 3.]]), tensor([4.]))
-    """
-    if not isinstance(like, Mapping):
-        raise TypeError(f"like: expected a dict of str -> torch.Tensor, got {describe(like)}")
-    total = sum(int(t.numel()) for t in like.values())
-    if not isinstance(vec, torch.Tensor):
-        raise TypeError(f"vec: expected a torch.Tensor of shape ({total},), got {describe(vec)}")
-    if vec.ndim != 1 or vec.shape[0] != total:
-        raise ValueError(
-            f"vec: expected shape ({total},) (the total size of like), got {tuple(vec.shape)}"
-        )
-    out, offset = {}, 0
-    for key, t in like.items():
-        n = int(t.numel())
-        out[key] = vec[offset : offset + n].view(t.shape)
-        offset += n
-    return out
-
-
-def _unflatten_columns(V: torch.Tensor, like: Mapping[str, torch.Tensor]) -> dict:
-    """(m, k) matrix -> dict of (k, *shape) tensors (the batch dim first, for vmap)."""
-    out, offset, k = {}, 0, V.shape[1]
-    for key, t in like.items():
-        n = int(t.numel())
-        out[key] = V[offset : offset + n].T.reshape(k, *t.shape)
-        offset += n
-    return out
-
-
-def _flatten_columns(grads: Mapping[str, torch.Tensor], k: int) -> torch.Tensor:
-    """dict of (k, *shape) tensors -> (m, k) matrix."""
-    return torch.cat([g.reshape(k, -1) for g in grads.values()], dim=1).T
-
-
-# ---------------------------------------------------------------------- the operator
 class JacobianOperator(LinearOperator):
     r"""Jacobian of a residual with respect to parameters, ``J = d vec(f) / d vec(theta)``.
 
@@ -179,24 +66,33 @@ class JacobianOperator(LinearOperator):
         Detached references are stored and never written into. The operator takes their
         dtype and device; the residual must have the same.
     jvp : {"auto", "forward", "double_vjp"}
-        How products are computed. ``"forward"`` uses ``torch.func`` (forward-mode JVP and
-        ``torch.func.vjp``). ``"double_vjp"`` uses plain ``torch.autograd`` and is meant for
-        residuals that call ``torch.autograd.grad`` themselves (typical physics-informed
-        code), which break under ``torch.func`` transforms. ``"auto"`` probes forward mode at
-        construction and falls back to ``"double_vjp"`` if it fails.
+        The back end. ``"forward"``: ``torch.func`` (forward-mode JVP, ``torch.func.vjp``).
+        ``"double_vjp"``: plain ``torch.autograd``, for residuals that call
+        ``torch.autograd.grad`` themselves (typical physics-informed code), which
+        ``torch.func`` cannot transform. ``"auto"``: forward mode, unless setting it up (the
+        cached VJPs, the linearization, one probe JVP and, without a cache, one probe VJP)
+        raises one of the errors ``torch.func`` raises for a residual it cannot transform;
+        then ``"double_vjp"``, with the reason in ``jvp_fallback_reason``. Those errors are
+        listed in :mod:`lsr_scale.operators._forward`: autograd calls inside the residual,
+        custom ``autograd.Function`` without functorch support, operations without a
+        forward-mode formula, in-place writes to captured tensors. Any other error,
+        including every ``ValueError`` and ``TypeError``, propagates.
     linearize : {"auto", True, False}
-        Cache ``torch.func.linearize`` per block for the forward-mode JVP. ``"auto"`` times
-        one linearized and one fresh ``torch.func.jvp`` product at construction and keeps
-        the faster (the timings are in ``linearize_timing``), and uses the fresh JVP if
-        linearizing fails; ``True`` raises on failure. Needs ``cache=True``.
+        Whether the forward-mode JVP runs through a cached ``torch.func.linearize`` of each
+        block rather than a fresh ``torch.func.jvp`` per product. ``"auto"`` linearizes
+        whenever ``cache=True``, on every device, and uses the fresh JVP (with a
+        ``RuntimeWarning``, the reason in ``linearize_error``) if torch cannot linearize the
+        residual; ``True`` raises ``RuntimeError`` then; ``False`` never linearizes. The rule
+        does not depend on timing. Ignored by the double-VJP back end. ``True`` needs
+        ``cache=True``.
     batch_size : int, optional
         Columns per ``vmap`` group in ``matmat``/``rmatmat`` (``None``: all at once).
     cache : bool
         Cache the per-block VJP (and linearization / autograd graphs) built at construction.
         With ``False`` nothing is kept and every product recomputes the forward pass.
     check : bool
-        Validate the residual at construction: finite, deterministic between two identical
-        calls, and every parameter tensor affecting it.
+        Validate the residual at construction: finite, the same in two identical calls, and
+        every parameter tensor affecting it (see Notes).
 
     Attributes
     ----------
@@ -206,9 +102,17 @@ class JacobianOperator(LinearOperator):
     residual : torch.Tensor
         ``vec(f(theta0))``, detached, shape ``(n,)``.
     jvp_mode : str
-        The resolved mode, ``"forward"`` or ``"double_vjp"``.
+        The resolved back end, ``"forward"`` or ``"double_vjp"``.
+    jvp_fallback_reason : str or None
+        Why ``jvp="auto"`` resolved to ``"double_vjp"`` (the forward-mode error), else None.
     uses_linearize : bool
         Whether the forward-mode JVP runs through a cached ``torch.func.linearize``.
+    linearize_error : str or None
+        Why a requested linearization failed (``linearize="auto"``), else None.
+    vmap_error : str or None
+        None while column groups are batched with ``vmap``; the vmap error once a residual
+        that vmap cannot batch switched the operator to one column at a time (see
+        :mod:`lsr_scale.operators._backend`; a ``RuntimeWarning`` says so once).
     row_slices : list of slice
         The rows of each block.
     num_blocks : int
@@ -221,24 +125,44 @@ class JacobianOperator(LinearOperator):
         do not affect the residual.
     TypeError
         Bad argument types, or a residual whose dtype differs from the parameters'.
+    RuntimeError
+        The residual cannot be differentiated by the chosen back end (by neither, with
+        ``jvp="auto"``), or ``linearize=True`` and torch cannot linearize it.
 
     Notes
     -----
-    Cost model: one JVP or VJP costs about two to three forward passes (a linearized JVP about
-    2.1 and a cached VJP about 2.0 forward passes on an H100; a fresh ``torch.func.jvp`` about
-    3.1). ``matmat`` and ``rmatmat`` ``vmap`` the product over ``batch_size`` columns at a
-    time, so their memory grows with ``batch_size``.
+    Construction checks (``check=True``), all on fixed vectors, none random:
+
+    * *finite*: every residual entry is finite; the message names the first bad rows.
+    * *deterministic*: a second plain call gives the same residual as the first (like is
+      compared with like: two plain calls, never a plain call against a transformed one).
+      Bitwise-equal results pass at once. Otherwise ``max |r1 - r2|`` must be at most
+      ``256 * eps(dtype) * s``, with ``s`` the larger of ``max |r|`` and ``max |J theta0|``:
+      a trained residual is small by cancellation between terms that are not, and
+      ``J theta0`` (one JVP, taken only in this case) measures the size of the terms.
+      Dropout, batch norm in train mode or random noise differ by far more.
+    * *every parameter used*: no parameter tensor's block of ``J^T w`` is exactly zero,
+      for ``w`` the fixed vector of :func:`~lsr_scale.operators._backend.probe_vector`.
+
+    Cost model: one JVP or VJP costs about two to three forward passes. A linearized JVP is
+    faster than a fresh ``torch.func.jvp`` on the hardware measured: about 2.1 against 3.1
+    forward passes on an H100, and 1.2 to 2.7 times faster on a 2-core x86 CPU (torch 2.13,
+    one thread; MLPs, a DeepONet, a conv net and a physics-informed residual with nested
+    ``torch.func.grad``), which is why ``linearize="auto"`` linearizes on every device.
+    ``matmat`` and ``rmatmat`` ``vmap`` the product over ``batch_size`` columns at a time,
+    so their memory grows with ``batch_size``.
 
     Memory: with ``cache=True`` the cached VJP holds the activations of a forward pass over
     every block (the same as one training step's saved tensors), and a linearization holds
-    the primal intermediates its JVP needs, about as much again. Row blocks do not reduce that
-    total; ``cache=False`` does (only one block's activations live at a time), at the price of
-    a forward pass per product. The double-VJP mode caches, per block, the graph of
-    ``r = f(theta)`` and of ``g = J^T u`` for a dummy ``u``; then ``J v = d(g . v)/du``.
+    the primal intermediates its JVP needs, about as much again (``linearize=False`` saves
+    that). Row blocks do not reduce that total; ``cache=False`` does (only one block's
+    activations live at a time), at the price of a forward pass per product. The
+    double-VJP back end caches, per block, the graph of ``r = f(theta)`` and of
+    ``g = J^T u`` for a dummy ``u``; then ``J v = d(g . v)/du``.
 
-    Construction evaluates the residual a few times (the stored value, the cached VJP, the
-    linearization, a probe product, and with ``check=True`` a determinism re-evaluation and
-    one VJP on a seeded random vector).
+    Construction evaluates the residual a few times: the stored value, the cached VJP, the
+    linearization, a probe product (``jvp="auto"`` without a linearization), and with
+    ``check=True`` a second plain call and one VJP.
 
     Examples
     --------
@@ -268,22 +192,10 @@ class JacobianOperator(LinearOperator):
         cache: bool = True,
         check: bool = True,
     ) -> None:
-        params = _check_param_dict(params)
-        if callable(residual_fn):
-            fns = [residual_fn]
-        elif isinstance(residual_fn, (list, tuple)) and len(residual_fn) > 0:
-            fns = list(residual_fn)
-            for i, fn in enumerate(fns):
-                if not callable(fn):
-                    raise TypeError(f"residual_fn[{i}]: expected a callable, got {describe(fn)}")
-        else:
-            raise TypeError(
-                "residual_fn: expected a callable or a non-empty list of callables, "
-                f"got {describe(residual_fn)}"
-            )
+        params = check_tensor_dict(params, "params")
+        fns = check_callables(residual_fn, "residual_fn")
         check_choice(jvp, _JVP_MODES, "jvp")
-        if not (linearize is True or linearize is False or linearize == "auto"):
-            raise ValueError(f"linearize: expected one of 'auto', True, False, got {linearize!r}")
+        check_auto_or_bool(linearize, "linearize")
         if batch_size is not None:
             batch_size = check_positive_int(batch_size, "batch_size")
         if linearize is True and not cache:
@@ -299,68 +211,48 @@ class JacobianOperator(LinearOperator):
         self.param_names = list(theta0)
         self.batch_size = batch_size
         self.cache = bool(cache)
-        self._linearize_opt = linearize
-        self._use_vmap = True
 
-        # 1) plain evaluation: shape, dtype, device, emptiness, finiteness
-        plain = [self._eval_block(i, theta0) for i in range(len(fns))]
-        sizes = [int(r.numel()) for r in plain]
+        # 1) plain evaluation, outside any transform: shapes, dtype, device, finiteness.
+        #    A residual that fails here fails with its own error, before any back end.
+        plain = [self._eval_block(i) for i in range(len(fns))]
         self._block_shapes = [tuple(r.shape) for r in plain]
         starts = [0]
-        for s in sizes:
-            starts.append(starts[-1] + s)
+        for r in plain:
+            starts.append(starts[-1] + int(r.numel()))
         self.row_slices = [slice(starts[i], starts[i + 1]) for i in range(len(fns))]
         self.num_blocks = len(fns)
         n, m = starts[-1], sum(int(t.numel()) for t in theta0.values())
         if n == 0:
             raise ValueError("residual_fn: expected a non-empty residual, got 0 entries")
         super().__init__((n, m), first.dtype, first.device)
-        residual = torch.cat([r.reshape(-1) for r in plain])
         if check:
             self._check_finite_rows(plain)
 
-        # 2) differentiation mode
-        self.uses_linearize = False
-        self.linearize_timing = None
-        if jvp == "double_vjp":
-            self._setup_double_vjp()
-        else:
-            try:
-                self._setup_forward(probe=(jvp == "auto"))
-            except (_NoFallbackError, _LinearizeError, torch.cuda.OutOfMemoryError):
-                raise
-            except Exception as err_forward:
-                if jvp == "forward":
-                    raise
-                try:
-                    self._setup_double_vjp()
-                except _NoFallbackError:
-                    raise
-                except Exception as err_double:
-                    raise RuntimeError(
-                        "residual_fn: could not differentiate the residual, neither with "
-                        f"torch.func forward mode ({type(err_forward).__name__}: "
-                        f"{err_forward}) nor with autograd double-VJP "
-                        f"({type(err_double).__name__}: {err_double})"
-                    ) from err_double
-        self.residual = residual
+        # 2) the back end
+        self.jvp_fallback_reason: str | None = None
+        self.linearize_error: str | None = None
+        self._backend = self._make_backend(jvp, linearize)
+        self.jvp_mode = self._backend.mode
+        self.uses_linearize = self._backend.uses_linearize
+        self.residual = torch.cat([r.reshape(-1) for r in plain])
 
-        # 3) checks that need the operator
+        # 3) checks that need products
         if check:
-            second = self._setup_residuals
-            if second is None:
-                second = [self._eval_block(i, theta0) for i in range(len(fns))]
-            self._check_deterministic(plain, second)
+            self._check_deterministic(plain)
             self._check_all_params_used()
-        self._setup_residuals = None
 
-    # ------------------------------------------------------------------ setup helpers
-    def _eval_block(self, i: int, params) -> torch.Tensor:
-        r = self._fns[i](params)
-        self._check_residual_tensor(r, i)
+    @property
+    def vmap_error(self) -> str | None:
+        """None while column groups are batched with ``vmap``; else the vmap error."""
+        return self._backend.vmap_error
+
+    # ------------------------------------------------------------------ setup
+    def _eval_block(self, i: int) -> torch.Tensor:
+        r = self._fns[i](self.params)
+        self._check_output(r, i)
         return r.detach()
 
-    def _check_residual_tensor(self, r, i: int) -> None:
+    def _check_output(self, r, i: int) -> None:
         what = "residual_fn" if len(self._fns) == 1 else f"residual_fn[{i}]"
         if not isinstance(r, torch.Tensor):
             raise TypeError(f"{what}: expected to return a torch.Tensor, got {describe(r)}")
@@ -375,105 +267,54 @@ class JacobianOperator(LinearOperator):
                 f"got {r.device}"
             )
 
-    def _probe_generator(self) -> torch.Generator:
-        return torch.Generator().manual_seed(_PROBE_SEED)
-
-    def _randn(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        x = torch.randn(n, generator=gen, dtype=torch.float64)
-        return x.to(dtype=self.dtype, device=self.device)
-
-    def _setup_forward(self, probe: bool) -> None:
-        self.jvp_mode = "forward"
-        self._vjp_fns = [None] * self.num_blocks
-        self._lin_fns = None
-        outs = [None] * self.num_blocks
-        if self.cache:
-            for i, fn in enumerate(self._fns):
-                out, vjp_fn = tfunc.vjp(fn, self.params)
-                outs[i] = out.detach()
-                self._vjp_fns[i] = vjp_fn
-        if self.cache and self._linearize_opt in (True, "auto"):
-            lin_fns = []
-            try:
-                with warnings.catch_warnings():
-                    # torch.fx const-folding inside linearize warns about get_attr nodes.
-                    warnings.filterwarnings("ignore", message=".*get_attr Node.*")
-                    for fn in self._fns:
-                        lin_fns.append(tfunc.linearize(fn, self.params)[1])
-                if self._linearize_opt == "auto":
-                    gen = self._probe_generator()
-                    for lf in lin_fns:
-                        lf(unflatten_params(self._randn(self.shape[1], gen), self.params))
-                    # "auto" keeps the linearization only where it is faster: on GPUs it
-                    # usually is (~2.1x vs ~3.1x a forward pass), on CPUs often not.
-                    t = unflatten_params(self._randn(self.shape[1], gen), self.params)
-                    fn0 = self._fns[0]
-                    t_lin = _best_time(lambda: lin_fns[0](t), self.device)
-                    t_plain = _best_time(
-                        lambda: tfunc.jvp(fn0, (self.params,), (t,))[1], self.device
-                    )
-                    self.linearize_timing = {"linearized_s": t_lin, "plain_s": t_plain}
-                    if t_lin > t_plain:
-                        lin_fns = None
-            except _NoFallbackError:
-                raise
-            except Exception as err:
-                if self._linearize_opt is True:
-                    raise _LinearizeError(
-                        f"linearize=True: torch.func.linearize failed on the residual "
-                        f"({type(err).__name__}: {err}); use linearize='auto' or False"
-                    ) from err
-                lin_fns = None
-            self._lin_fns = lin_fns
-            self.uses_linearize = lin_fns is not None
-        if probe:
-            gen = self._probe_generator()
-            v = self._randn(self.shape[1], gen)
-            w = self._randn(self.shape[0], gen)
-            if not self.uses_linearize:
-                self._jvp_block(0, _unflatten_columns(v[:, None], self.params), 1)
-            if not self.cache:
-                self._vjp_block(0, w[self.row_slices[0], None], 1)
-        self._setup_residuals = outs if self.cache else None
-
-    def _setup_double_vjp(self) -> None:
-        self.jvp_mode = "double_vjp"
-        self.uses_linearize = False
-        self._lin_fns = self._vjp_fns = None  # drop what a failed forward setup cached
-        self._graphs = [None] * self.num_blocks
-        outs = [None] * self.num_blocks
-        if self.cache:
-            for i in range(self.num_blocks):
-                self._graphs[i] = self._build_graph(i, need_g=True)
-                outs[i] = self._graphs[i][1].detach()
-        else:
-            graph = self._build_graph(0, need_g=True)
-            self._dv_jvp(
-                graph,
-                torch.zeros(self.shape[1], 1, dtype=self.dtype, device=self.device),
-                retain=False,
+    def _make_backend(self, jvp: str, linearize) -> Backend:
+        """The back end for ``jvp`` and ``linearize``, by the rules in the class docstring."""
+        args = (self._fns, self.params, self._block_shapes)
+        if jvp == "double_vjp":
+            return DoubleVJPBackend(*args, cache=self.cache, check_output=self._check_output)
+        try:
+            backend = ForwardBackend(
+                *args,
+                cache=self.cache,
+                linearize=linearize is True or (linearize == "auto" and self.cache),
+                probe=jvp == "auto",
             )
-        self._setup_residuals = outs if self.cache else None
-
-    def _build_graph(self, i: int, need_g: bool):
-        """Leaf copies of theta0, r = f(leafs) and (optionally) g = J^T u for a dummy u."""
-        leafs = {k: v.detach().clone().requires_grad_(True) for k, v in self.params.items()}
-        with torch.enable_grad():
-            r = self._fns[i](leafs)
-            self._check_residual_tensor(r, i)
-            if not r.requires_grad:
-                raise ValueError(
-                    "residual_fn: expected a residual that depends on params, got one that "
-                    "does not require grad"
+        except (RuntimeError, NotImplementedError) as err:
+            if jvp == "forward":
+                raise
+            if not is_untransformable(err):
+                err.add_note(
+                    "JacobianOperator(jvp='auto') falls back to 'double_vjp' only on the errors "
+                    "torch.func raises for residuals it cannot transform, and this is not one "
+                    "of them; pass jvp='double_vjp' to use autograd anyway"
                 )
-            leaf_list = list(leafs.values())
-            g = u = None
-            if need_g:
-                u = torch.zeros_like(r, requires_grad=True)
-                g = torch.autograd.grad(
-                    r, leaf_list, grad_outputs=u, create_graph=True, allow_unused=True
-                )
-        return leaf_list, r, u, g
+                raise
+            self.jvp_fallback_reason = f"{type(err).__name__}: {err}"
+            try:
+                return DoubleVJPBackend(*args, cache=self.cache, check_output=self._check_output)
+            except (RuntimeError, NotImplementedError) as err_double:
+                if isinstance(err_double, torch.cuda.OutOfMemoryError):
+                    raise
+                raise RuntimeError(
+                    "residual_fn: expected a residual that torch.func forward mode or autograd "
+                    f"double-VJP can differentiate, got errors from both: "
+                    f"{type(err).__name__}: {err}; {type(err_double).__name__}: {err_double}"
+                ) from err_double
+        if backend.linearize_error is not None:
+            if linearize is True:
+                raise RuntimeError(
+                    "linearize=True: expected torch.func.linearize to trace the residual, got "
+                    f"{backend.linearize_error}; use linearize='auto' or False"
+                ) from backend.linearize_exception
+            self.linearize_error = backend.linearize_error
+            warnings.warn(
+                "JacobianOperator: torch.func.linearize cannot trace this residual "
+                f"({backend.linearize_error.splitlines()[0]}); using a fresh torch.func.jvp "
+                "per product (pass linearize=False to skip the attempt)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return backend
 
     # ------------------------------------------------------------------ checks
     def _check_finite_rows(self, blocks) -> None:
@@ -498,24 +339,31 @@ class JacobianOperator(LinearOperator):
                 "check the inputs, targets and parameters for NaN/inf"
             )
 
-    def _check_deterministic(self, first, second) -> None:
-        for a, b in zip(first, second):
+    def _check_deterministic(self, first: list[torch.Tensor]) -> None:
+        """A second plain call against the first (the rule is in the class Notes)."""
+        theta = None
+        for i, a in enumerate(first):
+            b = self._eval_block(i)
             if torch.equal(a, b):
                 continue
-            scale = float(a.abs().max()) if a.numel() else 0.0
-            if not torch.allclose(a, b, rtol=1e-6, atol=1e-6 * scale):
-                diff = float((a - b).abs().max())
+            if theta is None:
+                theta = flatten_params(self.params)[:, None]
+            jt = self._backend.matmat(i, theta, [slice(0, 1)])
+            scale = max(float(a.abs().max()), float(b.abs().max()), float(jt.abs().max()))
+            tol = _DETERMINISM_EPS * torch.finfo(self.dtype).eps * scale
+            diff = float((a - b).abs().max())
+            if not diff <= tol:
                 raise ValueError(
-                    "residual_fn: expected identical outputs from identical calls, but the "
-                    f"model's outputs change between identical calls (max difference "
-                    f"{diff:.3e}); is dropout active or batch-norm in train mode? "
-                    "call model.eval()"
+                    "residual_fn: expected identical outputs from identical calls (to within "
+                    f"{_DETERMINISM_EPS} eps x {scale:.3g} = {tol:.3e}), but the model's outputs "
+                    f"change between identical calls (max difference {diff:.3e}); is dropout "
+                    "active or batch-norm in train mode? call model.eval()"
                 )
 
     def _check_all_params_used(self) -> None:
-        w = self._randn(self.shape[0], self._probe_generator())
-        g = self._rmatmat_impl(w[:, None])[:, 0]
-        names, offset, peaks = [], 0, []
+        w = probe_vector(self.shape[0], self.dtype, self.device)
+        g = self._rmatmat(w[:, None])[:, 0]
+        peaks, offset = [], 0
         for key, t in self.params.items():
             k = int(t.numel())
             if k:
@@ -530,188 +378,17 @@ class JacobianOperator(LinearOperator):
                 "params= (e.g. JacobianOperator.from_module(..., params=[...]))"
             )
 
-    # ------------------------------------------------------------------ block products
-    def _jvp_block(self, i: int, T: dict, k: int) -> torch.Tensor:
-        """J_i @ V for tangents T (dict of (k, *shape)) -> (n_i, k)."""
-        if self.jvp_mode == "double_vjp":
-            raise AssertionError  # pragma: no cover - dispatched elsewhere
-        if self.uses_linearize:
-            f = self._lin_fns[i]
-        else:
-            fn = self._fns[i]
-
-            def f(t):
-                return tfunc.jvp(fn, (self.params,), (t,))[1]
-
-        if k > 1 and self._use_vmap:
-            try:
-                return tfunc.vmap(f)(T).reshape(k, -1).T
-            except torch.cuda.OutOfMemoryError:
-                raise
-            except (RuntimeError, NotImplementedError):
-                # Some ops have no batching rule: fall back to a loop over columns.
-                self._use_vmap = False
-        cols = [f({key: t[j] for key, t in T.items()}).reshape(-1) for j in range(k)]
-        return torch.stack(cols, dim=1)
-
-    def _vjp_block(self, i: int, W: torch.Tensor, k: int) -> torch.Tensor:
-        """J_i^T @ W for W of shape (n_i, k) -> (m, k)."""
-        vjp_fn = self._vjp_fns[i] if self.cache else tfunc.vjp(self._fns[i], self.params)[1]
-        shape = self._block_shapes[i]
-        if k > 1 and self._use_vmap:
-            try:
-                (g,) = tfunc.vmap(vjp_fn)(W.T.reshape(k, *shape))
-                return _flatten_columns(g, k)
-            except torch.cuda.OutOfMemoryError:
-                raise
-            except (RuntimeError, NotImplementedError):
-                self._use_vmap = False
-        cols = []
-        for j in range(k):
-            (g,) = vjp_fn(W[:, j].reshape(shape))
-            cols.append(torch.cat([t.reshape(-1) for t in g.values()]))
-        return torch.stack(cols, dim=1)
-
-    def _dv_jvp(self, graph, V: torch.Tensor, retain: bool) -> torch.Tensor:
-        """Double-VJP: J_i @ V (V of shape (m, k)) -> (n_i, k)."""
-        leaf_list, r, u, g = graph
-        k = V.shape[1]
-        pairs = []
-        offset = 0
-        for leaf, gk in zip(leaf_list, g):
-            n = leaf.numel()
-            if gk is not None and gk.requires_grad:
-                pairs.append((gk, V[offset : offset + n].T.reshape(k, *leaf.shape)))
-            offset += n
-        if not pairs:
-            return V.new_zeros(r.numel(), k)
-        outs = [p[0] for p in pairs]
-        if k == 1:
-            (jv,) = torch.autograd.grad(
-                outs,
-                u,
-                grad_outputs=[p[1][0] for p in pairs],
-                retain_graph=retain,
-                allow_unused=True,
-            )
-            return V.new_zeros(r.numel(), 1) if jv is None else jv.reshape(-1, 1)
-        try:
-            (jv,) = torch.autograd.grad(
-                outs,
-                u,
-                grad_outputs=[p[1] for p in pairs],
-                retain_graph=True,
-                allow_unused=True,
-                is_grads_batched=True,
-            )
-            if jv is None:
-                return V.new_zeros(r.numel(), k)
-            return jv.reshape(k, -1).T
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except (RuntimeError, NotImplementedError):
-            cols = []
-            for j in range(k):
-                (jv,) = torch.autograd.grad(
-                    outs,
-                    u,
-                    grad_outputs=[p[1][j] for p in pairs],
-                    retain_graph=True,
-                    allow_unused=True,
-                )
-                cols.append(V.new_zeros(r.numel()) if jv is None else jv.reshape(-1))
-            return torch.stack(cols, dim=1)
-
-    def _dv_vjp(self, graph, W: torch.Tensor, retain: bool) -> torch.Tensor:
-        """Autograd VJP: J_i^T @ W (W of shape (n_i, k)) -> (m, k)."""
-        leaf_list, r, _, _ = graph
-        k = W.shape[1]
-
-        def assemble(grads, batched):
-            parts = []
-            for leaf, gr in zip(leaf_list, grads):
-                if gr is None:
-                    parts.append(W.new_zeros(leaf.numel(), k))
-                else:
-                    parts.append(gr.reshape(k, -1).T if batched else gr.reshape(-1, 1))
-            return torch.cat(parts, dim=0)
-
-        if k == 1:
-            grads = torch.autograd.grad(
-                r,
-                leaf_list,
-                grad_outputs=W[:, 0].reshape(r.shape),
-                retain_graph=retain,
-                allow_unused=True,
-            )
-            return assemble(grads, False)
-        try:
-            grads = torch.autograd.grad(
-                r,
-                leaf_list,
-                grad_outputs=W.T.reshape(k, *r.shape),
-                retain_graph=True,
-                allow_unused=True,
-                is_grads_batched=True,
-            )
-            return assemble(grads, True)
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except (RuntimeError, NotImplementedError):
-            cols = []
-            for j in range(k):
-                grads = torch.autograd.grad(
-                    r,
-                    leaf_list,
-                    grad_outputs=W[:, j].reshape(r.shape),
-                    retain_graph=True,
-                    allow_unused=True,
-                )
-                cols.append(assemble(grads, False))
-            return torch.cat(cols, dim=1)
-
+    # ------------------------------------------------------------------ products
     def _groups(self, k: int) -> list[slice]:
         b = self.batch_size or max(k, 1)
         return [slice(s, min(s + b, k)) for s in range(0, k, b)]
 
     def _matmat_block(self, i: int, V: torch.Tensor) -> torch.Tensor:
-        k = V.shape[1]
-        n_i = self.row_slices[i].stop - self.row_slices[i].start
-        if k == 0:
-            return V.new_zeros(n_i, 0)
-        cols = []
-        if self.jvp_mode == "double_vjp":
-            graph = self._graphs[i] if self.cache else self._build_graph(i, need_g=True)
-            groups = self._groups(k)
-            for j, sl in enumerate(groups):
-                retain = self.cache or j < len(groups) - 1
-                cols.append(self._dv_jvp(graph, V[:, sl], retain))
-        else:
-            for sl in self._groups(k):
-                Vg = V[:, sl]
-                cols.append(self._jvp_block(i, _unflatten_columns(Vg, self.params), Vg.shape[1]))
-        return cols[0] if len(cols) == 1 else torch.cat(cols, dim=1)
+        if V.shape[1] == 0:
+            rows = self.row_slices[i]
+            return V.new_zeros(rows.stop - rows.start, 0)
+        return self._backend.matmat(i, V, self._groups(V.shape[1]))
 
-    def _rmatmat_impl(self, W: torch.Tensor) -> torch.Tensor:
-        k = W.shape[1]
-        total = None
-        for i, rs in enumerate(self.row_slices):
-            Wi = W[rs]
-            cols = []
-            if self.jvp_mode == "double_vjp":
-                graph = self._graphs[i] if self.cache else self._build_graph(i, need_g=False)
-                groups = self._groups(k)
-                for j, sl in enumerate(groups):
-                    retain = self.cache or j < len(groups) - 1
-                    cols.append(self._dv_vjp(graph, Wi[:, sl], retain))
-            else:
-                for sl in self._groups(k):
-                    cols.append(self._vjp_block(i, Wi[:, sl], sl.stop - sl.start))
-            part = cols[0] if len(cols) == 1 else torch.cat(cols, dim=1)
-            total = part if total is None else total + part
-        return total
-
-    # ------------------------------------------------------------------ LinearOperator API
     def _matvec(self, x: torch.Tensor) -> torch.Tensor:
         return self._matmat(x[:, None])[:, 0]
 
@@ -726,7 +403,12 @@ class JacobianOperator(LinearOperator):
     def _rmatmat(self, Y: torch.Tensor) -> torch.Tensor:
         if Y.shape[1] == 0:
             return Y.new_zeros(self.shape[1], 0)
-        return self._rmatmat_impl(Y)
+        groups = self._groups(Y.shape[1])
+        total = None
+        for i, rows in enumerate(self.row_slices):
+            part = self._backend.rmatmat(i, Y[rows], groups)
+            total = part if total is None else total + part
+        return total
 
     def matmat_blocks(self, V: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
         """Yield ``(row_slice, J[row_slice] @ V)`` block by block.
@@ -757,7 +439,11 @@ class JacobianOperator(LinearOperator):
         params: Iterable[str] | None = None,
         *,
         chunk_size: int | None = None,
-        **kwargs,
+        jvp: str = "auto",
+        linearize="auto",
+        batch_size: int | None = None,
+        cache: bool = True,
+        check: bool = True,
     ) -> JacobianOperator:
         """The Jacobian of the supervised residual ``model(*inputs) - targets``.
 
@@ -777,15 +463,19 @@ class JacobianOperator(LinearOperator):
             ``requires_grad``). The others, and all buffers, stay frozen.
         chunk_size : int, optional
             Split the ``N`` data rows into row blocks of ``chunk_size`` rows.
-        **kwargs
-            Passed to :class:`JacobianOperator` (``jvp``, ``linearize``, ``batch_size``,
-            ``cache``, ``check``).
+        jvp, linearize, batch_size, cache, check
+            As for :class:`JacobianOperator`.
 
         Returns
         -------
         JacobianOperator
             With ``module``, ``module_output_shape`` and ``chunk_size`` set besides the usual
             attributes.
+
+        Raises
+        ------
+        ValueError
+            Also for targets whose shape differs from the model output's.
 
         Examples
         --------
@@ -801,22 +491,22 @@ class JacobianOperator(LinearOperator):
         """
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {describe(model)}")
-        inputs = _check_inputs(inputs)
+        inputs = check_module_inputs(inputs)
         N = inputs[0].shape[0]
         all_params = dict(model.named_parameters())
-        names = _select_param_names(all_params, params)
+        names = select_param_names(all_params, params)
         theta0 = {k: all_params[k].detach() for k in names}
         if len(theta0) == 0:
             raise ValueError(
                 "params: expected at least one parameter to differentiate, got none "
                 "(no parameter has requires_grad and params= was not given)"
             )
-        _check_param_dict(theta0, "model parameters")
-        first = next(iter(theta0.values()))
+        check_tensor_dict(theta0, "model parameters")
+        dtype = next(iter(theta0.values())).dtype
         for j, x in enumerate(inputs):
-            if x.dtype.is_floating_point and x.dtype != first.dtype:
+            if x.dtype.is_floating_point and x.dtype != dtype:
                 raise TypeError(
-                    f"inputs[{j}]: expected the parameters' dtype {first.dtype}, got {x.dtype}"
+                    f"inputs[{j}]: expected the parameters' dtype {dtype}, got {x.dtype}"
                 )
         if targets is not None:
             if not isinstance(targets, torch.Tensor):
@@ -831,18 +521,33 @@ class JacobianOperator(LinearOperator):
         frozen = {k: v.detach() for k, v in all_params.items() if k not in theta0}
         buffers = {k: b.detach() for k, b in model.named_buffers()}
 
-        bounds = (
-            [(0, N)]
-            if chunk_size is None
-            else [(s, min(s + chunk_size, N)) for s in range(0, N, chunk_size)]
-        )
+        if chunk_size is None:
+            bounds = [(0, N)]
+        else:
+            bounds = [(s, min(s + chunk_size, N)) for s in range(0, N, chunk_size)]
         chunked = len(bounds) > 1
         fns = []
         for s, e in bounds:
-            xs = tuple(x[s:e] for x in inputs) if chunked else inputs
-            ts = None if targets is None else (targets[s:e] if chunked else targets)
-            fns.append(_module_residual(model, frozen, buffers, xs, ts, targets, N))
-        J = cls(fns if chunked else fns[0], theta0, **kwargs)
+            fns.append(
+                module_residual(
+                    model,
+                    tuple(x[s:e] for x in inputs) if chunked else inputs,
+                    None if targets is None else (targets[s:e] if chunked else targets),
+                    frozen=frozen,
+                    buffers=buffers,
+                    n_rows=N,
+                    targets_shape=None if targets is None else tuple(targets.shape),
+                )
+            )
+        J = cls(
+            fns if chunked else fns[0],
+            theta0,
+            jvp=jvp,
+            linearize=linearize,
+            batch_size=batch_size,
+            cache=cache,
+            check=check,
+        )
         J.module = model
         J.chunk_size = chunk_size
         shapes = J._block_shapes
@@ -851,134 +556,3 @@ class JacobianOperator(LinearOperator):
         else:
             J.module_output_shape = tuple(shapes[0])
         return J
-
-
-def _check_inputs(inputs) -> tuple:
-    if isinstance(inputs, torch.Tensor):
-        inputs = (inputs,)
-    if not isinstance(inputs, (tuple, list)) or len(inputs) == 0:
-        raise TypeError(
-            f"inputs: expected a torch.Tensor or a non-empty tuple of tensors, got "
-            f"{describe(inputs)}"
-        )
-    for j, x in enumerate(inputs):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"inputs[{j}]: expected a torch.Tensor, got {describe(x)}")
-        if x.ndim == 0:
-            raise ValueError(f"inputs[{j}]: expected a leading data dimension, got a 0-d tensor")
-    N = inputs[0].shape[0]
-    for j, x in enumerate(inputs):
-        if x.shape[0] != N:
-            raise ValueError(
-                f"inputs[{j}]: expected leading dimension {N} (that of inputs[0]), "
-                f"got shape {tuple(x.shape)}"
-            )
-    if N == 0:
-        raise ValueError("inputs: expected at least one data row, got 0 (empty data)")
-    return tuple(inputs)
-
-
-def _select_param_names(all_params: dict, params, what: str = "params") -> list[str]:
-    if params is None:
-        return [k for k, p in all_params.items() if p.requires_grad]
-    if isinstance(params, str):
-        params = [params]
-    names = list(params)
-    unknown = [k for k in names if k not in all_params]
-    if unknown:
-        raise ValueError(
-            f"{what}: expected names of the model's parameters ({list(all_params)}), "
-            f"got unknown {unknown}"
-        )
-    if len(set(names)) != len(names):
-        raise ValueError(f"{what}: expected distinct names, got {names}")
-    return names
-
-
-def _module_residual(model, frozen, buffers, xs, ts, targets_full, N):
-    def residual(p):
-        bufs = {k: b.clone() for k, b in buffers.items()}
-        out = tfunc.functional_call(model, ({**frozen, **p}, bufs), xs)
-        if ts is None:
-            return out
-        if out.shape != ts.shape:
-            full = (N,) + tuple(out.shape[1:]) if out.ndim else tuple(out.shape)
-            raise _NoFallbackError(
-                f"targets: expected the model output's shape {full}, got "
-                f"{tuple(targets_full.shape)}"
-            )
-        return out - ts
-
-    return residual
-
-
-def module_jvp(
-    model: torch.nn.Module,
-    inputs,
-    tangents: Mapping[str, torch.Tensor],
-    params: Mapping[str, torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model output and its directional derivative along ``tangents``.
-
-    Returns ``(q(theta, x), J_q(x) t)`` with one ``torch.func.jvp``: the linear predictor
-    ``q(theta0, x) + J_q(x) delta`` of a refined model on new inputs.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Not mutated (buffers are cloned into ``torch.func.functional_call``).
-    inputs : torch.Tensor or tuple of torch.Tensor
-        Passed positionally.
-    tangents : dict of str to torch.Tensor
-        Direction, over a subset of the model's parameter names (others held fixed).
-    params : dict of str to torch.Tensor, optional
-        Values replacing some parameters (default: the model's own, ``theta0``).
-
-    Returns
-    -------
-    (torch.Tensor, torch.Tensor)
-        The output and its JVP, both of the model output's shape.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from lsr_scale.operators._jacobian import module_jvp
-    >>> lin = torch.nn.Linear(2, 1, bias=False)
-    >>> with torch.no_grad():
-    ...     _ = lin.weight.copy_(torch.tensor([[1.0, 2.0]]))
-    >>> out, dout = module_jvp(lin, torch.tensor([[3.0, 4.0]]),
-    ...                        {"weight": torch.tensor([[1.0, 0.0]])})
-    >>> out.detach(), dout
-    (tensor([[11.]]), tensor([[3.]]))
-    """
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {describe(model)}")
-    if isinstance(inputs, torch.Tensor):
-        inputs = (inputs,)
-    if not isinstance(inputs, (tuple, list)):
-        raise TypeError(f"inputs: expected a tensor or a tuple of tensors, got {describe(inputs)}")
-    all_params = {k: v.detach() for k, v in model.named_parameters()}
-    if params is not None:
-        if not isinstance(params, Mapping):
-            raise TypeError(f"params: expected a dict of str -> Tensor, got {describe(params)}")
-        _select_param_names(all_params, list(params))
-        all_params.update({k: v.detach() for k, v in params.items()})
-    tangents = _check_param_dict(tangents, "tangents")
-    _select_param_names(all_params, list(tangents), "tangents")
-    for k, t in tangents.items():
-        ref = all_params[k]
-        if t.shape != ref.shape or t.dtype != ref.dtype:
-            raise ValueError(
-                f"tangents[{k!r}]: expected shape {tuple(ref.shape)} and dtype {ref.dtype}, "
-                f"got shape {tuple(t.shape)} and dtype {t.dtype}"
-            )
-    primals = {k: all_params[k] for k in tangents}
-    frozen = {k: v for k, v in all_params.items() if k not in tangents}
-    buffers = {k: b.detach() for k, b in model.named_buffers()}
-
-    def f(p):
-        bufs = {k: b.clone() for k, b in buffers.items()}
-        return tfunc.functional_call(model, ({**frozen, **p}, bufs), tuple(inputs))
-
-    out, jv = tfunc.jvp(f, (primals,), (dict(tangents),))
-    return out, jv
