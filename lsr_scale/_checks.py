@@ -33,6 +33,7 @@ __all__ = [
     "check_auto_or_bool",
     "check_callables",
     "check_tensor_dict",
+    "check_finite_rows",
 ]
 
 
@@ -268,3 +269,24 @@ def check_tensor_dict(value, name: str) -> dict:
                 f"({first[0]!r}) and {t.device} ({key!r})"
             )
     return dict(value)
+
+
+def check_finite_rows(tensors, what: str) -> None:
+    """Raise ``ValueError`` naming the rows of ``tensors`` (floating ones) that hold NaN/inf.
+
+    A saturating activation can hide an infinite input from the outputs, so data is checked
+    itself, not only through the residual.
+    """
+    for i, x in enumerate(tensors):
+        if not (isinstance(x, torch.Tensor) and x.is_floating_point()) or x.numel() == 0:
+            continue
+        bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+        if bool(bad.any()):
+            rows = torch.nonzero(bad).reshape(-1)
+            first = ", ".join(str(int(r)) for r in rows[:5])
+            more = ", ..." if rows.numel() > 5 else ""
+            name = f"{what}[{i}]" if len(tensors) > 1 else what
+            raise ValueError(
+                f"{name}: expected finite values, got {rows.numel()} of {x.shape[0]} rows with "
+                f"NaN/inf (rows [{first}{more}])"
+            )

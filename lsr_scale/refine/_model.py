@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -13,7 +15,8 @@ from ..operators import module_jvp, unflatten_params
 __all__ = ["RefinedModel"]
 
 _FORMAT = "lsr_scale.RefinedModel"
-_VERSION = 1
+_VERSION = 2  # 2: a fingerprint of the function refined (1: none)
+_PROBE_ROWS = 8
 
 
 def _as_tuple(inputs):
@@ -48,13 +51,20 @@ class RefinedModel:
         dtype, this is a private converted copy.
     """
 
-    def __init__(self, model, param_names, delta, info: dict):
+    def __init__(self, model, param_names, delta, info: dict, *, probe_inputs=None):
         # ``model`` is a private copy holding theta0 (parameters and buffers) at the
         # linearization point; the user's network is never referenced or modified.
         self.model = model
         self.param_names = list(param_names)  # the refined subset, in delta's order
         self.delta = delta
         self.info = info
+        # a few data rows whose outputs identify the function on save/load (None for
+        # residual_fn refinements, which are identified by a hash of theta0 instead)
+        self._probe_inputs = (
+            None
+            if probe_inputs is None
+            else tuple(x[:_PROBE_ROWS].detach().clone() for x in _as_tuple(probe_inputs))
+        )
 
     @property
     def theta0(self) -> dict[str, torch.Tensor]:
@@ -126,8 +136,20 @@ class RefinedModel:
             "buffers": {k: v.detach().cpu() for k, v in self.model.named_buffers()},
             "delta": self.delta.detach().cpu(),
             "info": _jsonable(self.info),
+            "fingerprint": self._fingerprint(),
         }
         torch.save(payload, Path(path))
+
+    def _fingerprint(self) -> dict:
+        if self._probe_inputs is None:
+            return {"kind": "theta0_sha256", "value": _params_hash(self.model)}
+        with torch.no_grad():
+            out = self.model(*self._probe_inputs)
+        return {
+            "kind": "outputs",
+            "inputs": [x.detach().cpu() for x in self._probe_inputs],
+            "outputs": out.detach().cpu(),
+        }
 
     @classmethod
     def load(cls, path, model: torch.nn.Module, *, map_location=None) -> RefinedModel:
@@ -136,11 +158,17 @@ class RefinedModel:
         The predictor uses the saved ``theta0`` and buffers: ``model`` only supplies the
         architecture, and is copied (converted to the saved dtype), never modified.
 
+        The file holds a fingerprint of the function that was refined, checked here:
+        for ``data=`` refinements, the outputs at ``theta0`` on a few stored input rows (so
+        a model with the same shapes and another function, ReLU for tanh, is refused); for
+        ``residual_fn`` refinements, a hash of the parameters at ``theta0``, which
+        ``model``'s parameters must match.
+
         Raises
         ------
         ValueError
-            If the file is not a saved RefinedModel, or ``model``'s parameter names or
-            shapes differ from the saved ones.
+            If the file is not a saved RefinedModel, ``model``'s parameter names or shapes
+            differ from the saved ones, or ``model`` fails the fingerprint.
         """
         payload = torch.load(Path(path), map_location=map_location or "cpu", weights_only=True)
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
@@ -159,6 +187,24 @@ class RefinedModel:
                 f"{[(k, saved[k], sig[k]) for k in shape[:5]]}"
             )
         delta = payload["delta"]
+        version = payload.get("version")
+        if version not in (1, _VERSION):
+            raise ValueError(f"{path}: expected save format version 1 or {_VERSION}, got {version}")
+        fp = payload.get("fingerprint")
+        if version == 1:
+            warnings.warn(
+                f"{path}: saved by lsr_scale 0.1 without a fingerprint; the model's function "
+                "cannot be verified. Save it again to add one.",
+                UserWarning,
+                stacklevel=2,
+            )
+        elif fp["kind"] == "theta0_sha256":
+            given = _params_hash(copy.deepcopy(model).to(dtype=delta.dtype, device="cpu"))
+            if given != fp["value"]:
+                raise ValueError(
+                    "model: expected the network the residual_fn refinement was made from "
+                    "(its parameters at theta0, by hash), got one with other parameter values"
+                )
         dev = torch.device(map_location) if map_location is not None else _module_device(model)
         work = copy.deepcopy(model).to(dtype=delta.dtype, device=dev)
         with torch.no_grad():
@@ -167,13 +213,37 @@ class RefinedModel:
             for k, v in work.named_buffers():
                 if k in payload["buffers"]:
                     v.copy_(payload["buffers"][k])
-        return cls(work, payload["param_names"], delta.to(dev), payload["info"])
+        probe = None
+        if fp is not None and fp["kind"] == "outputs":
+            probe = tuple(x.to(dev) for x in fp["inputs"])
+            with torch.no_grad():
+                out = work(*probe).detach().cpu()
+            ref = fp["outputs"]
+            tol = 1e3 * torch.finfo(ref.dtype).eps * (1.0 + float(ref.abs().max()))
+            if out.shape != ref.shape or float((out - ref).abs().max()) > tol:
+                diff = float((out - ref).abs().max()) if out.shape == ref.shape else float("nan")
+                raise ValueError(
+                    "model: expected the function the refined model was saved with (its outputs "
+                    f"on {ref.shape[0]} stored inputs at theta0), got outputs that differ by "
+                    f"{diff:.3e} (tolerance {tol:.1e}): another activation or architecture?"
+                )
+        return cls(work, payload["param_names"], delta.to(dev), payload["info"], probe_inputs=probe)
 
     def __repr__(self) -> str:
         return (
             f"<RefinedModel method={self.info.get('method')} rank={self.info.get('rank')} "
             f"params={self.delta.numel()} dtype={self.dtype} device={self.device}>"
         )
+
+
+def _params_hash(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        t = p.detach().cpu().contiguous().reshape(-1)
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _module_device(model: torch.nn.Module) -> torch.device:
@@ -198,7 +268,8 @@ def _jsonable(obj):
     if hasattr(obj, "__dataclass_fields__"):
         return {
             k: _jsonable(getattr(obj, k))
-            for k in obj.__dataclass_fields__
-            if k != "x"  # the solution is delta, stored separately
+            for k, f in obj.__dataclass_fields__.items()
+            # the solution is delta, stored separately; repr=False fields hold data (tensors)
+            if k != "x" and f.repr
         }
     return repr(obj)

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from .._checks import check_inputs
+from .._checks import check_finite_rows, check_generator, check_inputs
 from .._utils import PeakMemory, progress, timed
 from ..operators import JacobianOperator
 from ..operators._jacobian import _select_param_names
@@ -45,7 +45,27 @@ def _check_model(model):
     p = next(iter(model.parameters()), None)
     if p is None:
         raise ValueError("model: expected a module with parameters, got one with none")
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and mod.training:
+            raise ValueError(
+                f"model: expected batch-norm layers in eval mode (in train mode their outputs "
+                f"depend on the batch), got {name or type(model).__name__} "
+                f"({type(mod).__name__}) in train mode; call model.eval()"
+            )
     return p.dtype, p.device
+
+
+def _check_data(pair, what: str, dtype, device):
+    """Inputs and targets: tensors of the working dtype and device, finite inputs."""
+    inputs, targets = pair
+    check_inputs(
+        inputs, f"{what} inputs" if what != "data" else "inputs", dtype, device, hint=DTYPE_HINT
+    )
+    name = f"{what} targets" if what != "data" else "targets"
+    check_inputs((targets,), name, dtype, device, hint=DTYPE_HINT)
+    if not targets.is_floating_point():
+        raise TypeError(f"{name}: expected dtype {dtype} (the model's), got {targets.dtype}")
+    check_finite_rows(inputs, f"{what} inputs" if what != "data" else "inputs")
 
 
 def _check_pair(value, what: str):
@@ -158,8 +178,7 @@ def refine(
         products = Products()
     elif not isinstance(products, Products):
         raise TypeError(f"products: expected ls.Products(...) or None, got {products!r}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator or None, got {generator!r}")
+    check_generator(generator)
     if (data is None) == (residual_fn is None):
         raise ValueError(
             "refine: expected exactly one of data=(inputs, targets) or residual_fn=..., got "
@@ -201,13 +220,11 @@ def refine(
     if data is not None:
         inputs, targets = _check_pair(data, "data")
         inputs, targets = tuple(convert(x) for x in inputs), convert(targets)
-        check_inputs(inputs, "inputs", wdtype, device, hint=DTYPE_HINT)
-        check_inputs((targets,), "targets", wdtype, device, hint=DTYPE_HINT)
+        _check_data((inputs, targets), "data", wdtype, device)
     if validation is not None:
         v_in, v_tgt = _check_pair(validation, "validation")
         validation = tuple(convert(x) for x in v_in), convert(v_tgt)
-        check_inputs(validation[0], "validation inputs", wdtype, device, hint=DTYPE_HINT)
-        check_inputs((validation[1],), "validation targets", wdtype, device, hint=DTYPE_HINT)
+        _check_data(validation, "validation", wdtype, device)
 
     bar = progress(
         total=2 + method.stages,
@@ -265,4 +282,4 @@ def refine(
     )
     info.setdefault("rank", None)
     frozen = work if work is not model else copy.deepcopy(model)
-    return RefinedModel(frozen, J.param_names, delta.detach(), info)
+    return RefinedModel(frozen, J.param_names, delta.detach(), info, probe_inputs=inputs)
