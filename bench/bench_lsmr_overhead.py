@@ -134,11 +134,11 @@ def _memory_child(spec: dict) -> dict:
     x = (torch.rand(spec["rows"], 2, generator=g, dtype=dtype) * 2 - 1).to(device)
     y = torch.sin(3 * x[:, :1]) * torch.cos(2 * x[:, 1:])
     if spec["method"] == "krylov":
-        kw = dict(method="krylov", preconditioner=None, maxiter=spec["krylov_iters"])
+        method = ls.Krylov(preconditioner=None, maxiter=spec["krylov_iters"])
     else:
-        kw = dict(method="subspace", rank=spec["rank"], reduced_solver="dense")
+        method = ls.Subspace(rank=spec["rank"], reduced="dense")
     with PeakMemory(device) as pm:
-        r = ls.refine(model, data=(x, y), generator=g, progress_bar=False, **kw)
+        r = ls.refine(model, data=(x, y), method=method, generator=g, progress_bar=False)
     return {
         "widths": list(widths),
         "n_params": r.info["n_params"],

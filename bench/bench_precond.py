@@ -267,8 +267,7 @@ def bench_problem(prob, device, quick):
                 tuple(_cast(t, torch.float64) for t in xin) if len(xin) > 1 else xin[0].double(),
                 y.double(),
             ),
-            method="subspace",
-            rank=rank,
+            method=ls.Subspace(rank=rank),
             generator=torch.Generator().manual_seed(0),
             progress_bar=False,
         )
@@ -393,7 +392,7 @@ def markdown(report):
         if "test_err" in one:
             lines.append(
                 "One-shot subspace LSR "
-                f"(`refine(method='subspace', rank={res['rank']})`, float64): test error "
+                f"(`refine(method=ls.Subspace(rank={res['rank']}))`, float64): test error "
                 f"{one['test_err']:.3e}, loss/best {one['loss'] / res['loss_best_rank']:.3f}"
                 f", {one['wall_s']:.2f} s"
                 + (f", {one['pairs']:.0f} pairs" if one.get("pairs") else "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -12,27 +13,32 @@ from lsr_scale.cli import main
 
 
 def test_demo_small_end_to_end(tmp_path, capsys):
-    code = main(
-        [
-            "demo",
-            "--n-train",
-            "300",
-            "--width",
-            "16",
-            "--depth",
-            "2",
-            "--epochs",
-            "800",
-            "--rank",
-            "120",
-            "--krylov-iters",
-            "60",
-            "--out",
-            str(tmp_path),
-            "--no-progress",
-        ]
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(
+            [
+                "demo",
+                "--n-train",
+                "300",
+                "--width",
+                "16",
+                "--depth",
+                "2",
+                "--epochs",
+                "800",
+                "--rank",
+                "120",
+                "--krylov-iters",
+                "60",
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
     assert code == 0
+    # the demo uses the method objects, not refine's deprecated 0.1 keywords
+    legacy = [w for w in caught if w.category is DeprecationWarning and "refine" in str(w.message)]
+    assert not legacy, [str(w.message) for w in legacy]
     out = capsys.readouterr().out
     assert "one-shot LSR (subspace, k=120)" in out
     assert "Krylov LSR (LSMR, no preconditioner" in out

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from .._utils import PeakMemory, resolve_device
+from ..precond import Auto, Nystrom
 from ..problems import FunctionProblem
-from ..refine import refine
+from ..refine import Krylov, Subspace, refine
 from ._tables import fmt_bytes, markdown_table
 
 __all__ = ["run_demo"]
@@ -52,22 +53,25 @@ def run_demo(args) -> list[dict]:
     x_test = prob.x_test.to(dtype)
     k = min(args.rank, prob.n_params, args.n_train)
     runs = [
-        ("subspace", dict(method="subspace", rank=k), f"one-shot LSR (subspace, k={k})"),
+        ("subspace", Subspace(rank=k), f"one-shot LSR (subspace, k={k})"),
         (
             "krylov_none",
-            dict(method="krylov", preconditioner=None, maxiter=args.krylov_iters),
+            Krylov(preconditioner=None, maxiter=args.krylov_iters),
             f"Krylov LSR (LSMR, no preconditioner, {args.krylov_iters} it max)",
         ),
         (
             "krylov_auto",
-            # the preconditioner gets the subspace's rank: a like-for-like comparison
-            dict(method="krylov", preconditioner="auto", precond_rank=k, maxiter=args.krylov_iters),
+            # chosen by shape; a Nystrom preconditioner gets the subspace's rank, for a
+            # like-for-like comparison
+            Krylov(preconditioner=Auto(nystrom=Nystrom(rank=k)), maxiter=args.krylov_iters),
             "Krylov LSR (LSMR, preconditioner='auto')",
         ),
     ]
     refined_models = {}
-    for key, kwargs, label in runs:
-        refined = refine(model, data=data, dtype=dtype, generator=gen, progress_bar=show, **kwargs)
+    for key, method, label in runs:
+        refined = refine(
+            model, data=data, method=method, dtype=dtype, generator=gen, progress_bar=show
+        )
         refined_models[key] = refined
         err = prob.test_error(lambda x, r=refined: r(x.to(dtype)))
         info = refined.info
