@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import show_config  # an entry point may use the package root
+from ..cuda import show_config
 from ._demo import run_demo
 from ._reproduce import add_reproduce_parser, run_reproduce
 
