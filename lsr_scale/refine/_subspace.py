@@ -20,6 +20,7 @@ from ..randomized import randomized_svd
 from ..solvers import lsmr
 from ._methods import Method, Problem
 from ._model import _as_tuple
+from ._streaming import ColumnMask, draw_mask, reduced_gram, solve_nested, streamed_basis
 
 __all__ = ["Subspace", "solve_reduced", "default_rank"]
 
@@ -97,6 +98,22 @@ class Subspace(Method):
     reduced_maxiter, reduced_atol, reduced_btol : optional
         The reduced LSMR's settings (defaults 1,000, 1e-8, 1e-8); only with ``reduced``
         other than ``"dense"``.
+    range_finder : {"dense", "streamed"}
+        ``"dense"`` (default): the randomized SVD, which stores the ``n x (k+p)`` sketch.
+        ``"streamed"``: the memory-bounded basis of :mod:`lsr_scale.refine._streaming`
+        (``m x k`` and ``k x k`` only; rank ``k`` is the subspace of ``k`` test vectors, so
+        ``oversample`` and ``power_iters`` must be 0). It needs ``reduced`` ``"auto"`` or
+        ``"streamed"`` and resolves directions down to about ``1e-8 sigma_1`` in float64.
+    basis_dtype : torch.dtype, optional
+        Storage dtype of the streamed basis (e.g. ``torch.float32``: half the memory; products
+        and accumulations stay in the operator's dtype). Only with ``range_finder="streamed"``.
+    fraction : float, optional
+        Refine a random ``fraction`` of the parameter entries (the authors' p), drawn from the
+        generator; the other entries keep their trained values. Default: all.
+
+    ``reduced="streamed"`` solves the reduced problem from the Gram of ``G0 P``, taken a batch
+    of columns at a time (never stored), by a nested Cholesky factorization;
+    ``info["train_loss_by_rank"]`` then holds the linearized training loss of every rank.
 
     Raises
     ------
@@ -123,6 +140,9 @@ class Subspace(Method):
     reduced_maxiter: int | None = None
     reduced_atol: float | None = None
     reduced_btol: float | None = None
+    range_finder: str = "dense"
+    basis_dtype: torch.dtype | None = None
+    fraction: float | None = None
 
     name = "subspace"
 
@@ -134,7 +154,8 @@ class Subspace(Method):
         check_nonnegative_int(self.oversample, "Subspace.oversample")
         check_nonnegative_int(self.power_iters, "Subspace.power_iters")
         check_choice(self.subspace, ("residual", "output"), "Subspace.subspace")
-        check_choice(self.reduced, ("auto", "dense", "lsmr"), "Subspace.reduced")
+        check_choice(self.reduced, ("auto", "dense", "lsmr", "streamed"), "Subspace.reduced")
+        self._check_streaming()
         check_positive_int(self.max_dense_bytes, "Subspace.max_dense_bytes")
         if self.rcond is not None:
             check_tolerance(self.rcond, "Subspace.rcond")
@@ -180,6 +201,50 @@ class Subspace(Method):
                 f"reduced={self.reduced!r}"
             )
 
+    def _check_streaming(self) -> None:
+        check_choice(self.range_finder, ("dense", "streamed"), "Subspace.range_finder")
+        if self.fraction is not None:
+            f = self.fraction
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+                raise ValueError(f"Subspace.fraction: expected a float in (0, 1], got {f!r}")
+        bd = self.basis_dtype
+        if bd is not None:
+            if not isinstance(bd, torch.dtype) or not bd.is_floating_point or bd.is_complex:
+                raise TypeError(f"Subspace.basis_dtype: expected a real torch dtype, got {bd!r}")
+            if self.range_finder != "streamed":
+                raise ValueError(
+                    "Subspace.basis_dtype: applies to range_finder='streamed', got it with "
+                    f"range_finder={self.range_finder!r}"
+                )
+        if self.range_finder != "streamed" and self.reduced != "streamed":
+            return
+        if self.rank == "auto":
+            raise ValueError(
+                "Subspace.rank: the streamed route takes a fixed rank (every smaller rank's "
+                "training loss comes free in info), expected an int, got 'auto'"
+            )
+        if self.subspace != "residual":
+            raise ValueError(
+                "Subspace.subspace: the streamed route spans the residual Jacobian, expected "
+                f"'residual', got {self.subspace!r}"
+            )
+        if self.rcond is not None:
+            raise ValueError(
+                "Subspace.rcond: applies to the dense reduced solve, got it with the streamed route"
+            )
+        if self.range_finder == "streamed":
+            if self.reduced not in ("auto", "streamed"):
+                raise ValueError(
+                    "Subspace.reduced: range_finder='streamed' stores no n x k matrix, "
+                    f"expected 'auto' or 'streamed', got {self.reduced!r}"
+                )
+            for name in ("oversample", "power_iters"):
+                if getattr(self, name):
+                    raise ValueError(
+                        f"Subspace.{name}: range_finder='streamed' uses k test vectors for "
+                        f"rank k, expected 0, got {getattr(self, name)}"
+                    )
+
     def uses_validation(self) -> bool:
         return self.rank == "auto"
 
@@ -205,6 +270,12 @@ class Subspace(Method):
             Js = problem.jacobian_at(sub_in)
         else:
             Js = J
+        idx = None
+        if self.fraction is not None:
+            idx = draw_mask(J.shape[1], self.fraction, problem.generator)
+            J = Js = ColumnMask(J, idx)
+            info["fraction"] = self.fraction
+            info["refined_entries"] = int(idx.numel())
         ns, m = Js.shape
         max_rank = min(ns, m)
         auto = self.rank == "auto"
@@ -218,6 +289,9 @@ class Subspace(Method):
                     f"Subspace.rank: expected <= min(n, m) = min({ns}, {m}) = {max_rank}, got {k}"
                 )
         n = J.shape[0]
+        if self.range_finder == "streamed" or self.reduced == "streamed":
+            delta, info = self._solve_streamed(problem, J, k, info, times)
+            return _embed(delta, idx, problem.J.shape[1]), info
         dense_bytes = n * k * torch.finfo(J.dtype).bits // 8
         use_dense = self.reduced == "dense" or (
             self.reduced == "auto" and dense_bytes <= self.max_dense_bytes
@@ -271,7 +345,44 @@ class Subspace(Method):
                 info["solver"] = res
                 info["preconditioner"] = {"name": "sketch", "build_time": M.build_time}
         info["times"] = times
-        return P @ c, info
+        return _embed(P @ c, idx, problem.J.shape[1]), info
+
+    def _solve_streamed(self, problem: Problem, J, k: int, info: dict, times: dict):
+        """The memory-bounded route (:mod:`lsr_scale.refine._streaming`)."""
+        device, batch, b = J.device, problem.products.batch_size, problem.b
+        problem.stage("streamed basis" if self.range_finder == "streamed" else "randomized SVD")
+        with timed(times, "range_finder", device):
+            if self.range_finder == "streamed":
+                P, binfo = streamed_basis(
+                    J, k, generator=problem.generator, batch=batch, basis_dtype=self.basis_dtype
+                )
+                info["basis_rank"] = binfo["rank"]
+            else:
+                _, S, Vh = randomized_svd(
+                    J,
+                    k,
+                    oversample=min(self.oversample, min(J.shape) - k),
+                    power_iters=self.power_iters,
+                    generator=problem.generator,
+                    block_size=batch,
+                )
+                P = Vh.T / S
+                info["singular_values"] = S.detach().cpu()
+        problem.stage("reduced problem (streamed)")
+        with timed(times, "reduced", device):
+            C, r, bb = reduced_gram(J, P, b, batch=batch)
+            coefs, sinfo = solve_nested(C, r, bb, [P.shape[1]])
+            c = coefs[P.shape[1]]
+        kk = c.numel()
+        info["rank"] = kk
+        if kk < k:
+            info["rank_capped"] = f"rank {kk} of {k}: the rest is below the float64 resolution"
+        info["reduced_solver"] = "streamed"
+        info["solver"] = {"kind": "gram_nested_cholesky", "rank_cap": sinfo["rank_cap"]}
+        info["train_loss_by_rank"] = sinfo["train_loss"]
+        info["times"] = times
+        delta = P[:, :kk].to(J.dtype) @ c.to(J.dtype)
+        return delta, info
 
     def _scan_ranks(self, A, b, P, problem: Problem, k_max: int):
         """Nested truncations of one randomized SVD, scored on validation data."""
@@ -296,6 +407,14 @@ class Subspace(Method):
             scan.append({"rank": kc, "val_rel_l2": err})
         best = min(scan, key=lambda r: r["val_rel_l2"])["rank"]
         return best, scan
+
+
+def _embed(delta, idx, m):
+    if idx is None:
+        return delta
+    out = delta.new_zeros(m)
+    out[idx.to(delta.device)] = delta
+    return out
 
 
 def _or(value, key):
