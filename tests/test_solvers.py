@@ -178,22 +178,55 @@ def test_b_zero(name, generator):
     assert res.normr == 1.0
 
 
+def scipy_numbers(name, A, b, **kw):
+    """scipy's (x, istop, itn, normr, normar, norma, conda, normx) in lsr_scale's order."""
+    kw = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    if name == "lsmr":
+        return spla.lsmr(A.numpy(), b.numpy(), **kw)
+    kw["iter_lim"] = kw.pop("maxiter")
+    x, istop, itn, _, r2norm, anorm, acond, arnorm, xnorm, _ = spla.lsqr(A.numpy(), b.numpy(), **kw)
+    return x, istop, itn, r2norm, arnorm, anorm, acond, xnorm
+
+
 @pytest.mark.parametrize("name", ["lsmr", "lsqr"])
-def test_maxiter_zero(name, generator):
+def test_maxiter_zero_matches_scipy(name, generator):
+    # scipy 1.x returns istop 0 and itn 0 with maxiter=0 (lsmr) / iter_lim=0 (lsqr), x = x0
+    # or zeros, and the numbers of the first bidiagonalization step.
     A = torch.randn(10, 4, generator=generator, dtype=F64)
     b = torch.randn(10, generator=generator, dtype=F64)
-    res = SOLVERS[name][0](A, b, maxiter=0)
-    assert res.istop == ls.StopReason.MAXITER and res.itn == 0 and not res.converged
-    assert torch.equal(res.x, torch.zeros(4, dtype=F64))
-    assert res.normr == pytest.approx(float(torch.linalg.norm(b)))
-    assert res.history["normr"].shape == (0,)
     x0 = torch.randn(4, generator=generator, dtype=F64)
-    res = SOLVERS[name][0](A, b, maxiter=0, x0=x0)
-    assert res.istop == 7 and torch.equal(res.x, x0)
-    assert res.normr == pytest.approx(float(torch.linalg.norm(b - A @ x0)))
+    for kw in (dict(), dict(x0=x0), dict(damp=0.5), dict(x0=x0, damp=0.5)):
+        res = SOLVERS[name][0](A, b, maxiter=0, **kw)
+        ref = scipy_numbers(name, A, b, maxiter=0, **kw)
+        assert (int(res.istop), res.itn) == (ref[1], ref[2]) == (0, 0)
+        assert torch.equal(res.x, kw.get("x0", torch.zeros(4, dtype=F64)))
+        got = (res.normr, res.normar, res.norma, res.conda, res.normx)
+        assert got == pytest.approx(tuple(float(v) for v in ref[3:]), rel=1e-12, abs=1e-300)
+        assert res.history["normr"].shape == (0,) and res.num_matvecs == ("x0" in kw)
+        assert not res.converged and "maxiter=0" in res.message
+    # With a preconditioner (scipy has none): x = x0, istop 0, no iteration.
     M = DiagonalOperator(2 * torch.ones(4, dtype=F64))
     res = SOLVERS[name][0](A, b, maxiter=0, x0=x0, M=M, damp=0.5)
-    assert res.istop == 7 and torch.equal(res.x, x0)
+    assert res.istop == 0 and res.itn == 0 and torch.equal(res.x, x0)
+    # An exact x0 is still istop 0 and counts as converged.
+    res = SOLVERS[name][0](A, A @ x0, maxiter=0, x0=x0)
+    assert res.istop == 0 and res.converged and "maxiter" not in res.message
+
+
+@pytest.mark.parametrize("name", ["lsmr", "lsqr"])
+def test_b_column_matches_scipy(name, generator):
+    # scipy squeezes b of shape (m, 1); so do we (the one shape that is converted).
+    A, b, kw, _ = problem("x0", generator)
+    res = SOLVERS[name][0](A, b[:, None], **kw)
+    flat = SOLVERS[name][0](A, b, **kw)
+    ref = scipy_numbers(name, A, b[:, None], **{"maxiter": None, **kw})
+    assert res.x.shape == flat.x.shape == (30,) and ref[0].shape == (30,)
+    assert torch.equal(res.x, flat.x) and (res.istop, res.itn) == (flat.istop, flat.itn)
+    assert int(res.istop) == ref[1] and rel(res.x.numpy(), ref[0]) < 1e-8
+    with pytest.raises(ValueError, match=r"b: expected shape \(200,\) \(A.shape\[0\]; \(m, 1\)"):
+        SOLVERS[name][0](A, b[None, :], **kw)
+    with pytest.raises(ValueError, match=r"b: expected shape \(200,\)"):
+        SOLVERS[name][0](A, torch.stack([b, b], dim=1), **kw)
 
 
 @pytest.mark.parametrize("name", ["lsmr", "lsqr"])
@@ -365,7 +398,7 @@ def test_bad_inputs(name, generator):
     with pytest.raises(ValueError, match=r"b: expected shape \(6,\)"):
         solve(A, b[:5])
     with pytest.raises(ValueError, match=r"b: expected shape \(6,\)"):
-        solve(A, b[:, None])
+        solve(A, b[:, None].expand(6, 2))
     with pytest.raises(TypeError, match="b: expected a torch.Tensor"):
         solve(A, b.numpy())
     with pytest.raises(ValueError, match=r"b: expected device cpu, got meta — move with b.to"):

@@ -1,5 +1,6 @@
 """Setup shared by :func:`lsmr` and :func:`lsqr`: argument checks, ``b``/``x0`` handling,
-preconditioner and damping wrapping, and the branch-free scalar helpers both recurrences use.
+preconditioner and damping wrapping, the branch-free scalar helpers both recurrences use, and
+the bookkeeping of results, checkpoints and interrupts.
 
 Everything a Krylov iteration touches per step stays on the operator's device: the helpers
 here work on 0-d tensors and never read a value back to the host.
@@ -20,6 +21,7 @@ from .._checks import (
     check_vector,
 )
 from ..operators import LinearOperator, aslinearoperator
+from ._state import SolverInterrupted, SolverState, check_resume, settings_of
 
 __all__ = [
     "Problem",
@@ -31,6 +33,7 @@ __all__ = [
     "bidiag_start",
     "bidiag_step",
     "Record",
+    "save_checkpoint",
 ]
 
 
@@ -113,6 +116,10 @@ class Problem:
     M: LinearOperator | None
     callback: object
     counts0: tuple[int, int]
+    settings: dict
+    checkpoint: object = None
+    checkpoint_every: int | None = None
+    state: SolverState | None = None  # the validated resume= state
 
     def to_x(self, y: torch.Tensor) -> torch.Tensor:
         """Map an iterate of the reduced problem to the solution ``x``."""
@@ -129,15 +136,34 @@ class Problem:
 
 
 def prepare(
-    A, b, damp, atol, btol, conlim, maxiter, x0, M, callback, check_every, *, solver: str
+    A,
+    b,
+    damp,
+    atol,
+    btol,
+    conlim,
+    maxiter,
+    x0,
+    M,
+    callback,
+    check_every,
+    *,
+    solver: str,
+    checkpoint=None,
+    checkpoint_every=None,
+    resume=None,
 ) -> Problem:
     """Validate the arguments of ``lsmr``/``lsqr`` and build the reduced problem.
 
-    ``solver`` ("lsmr" or "lsqr") selects scipy's default ``maxiter`` rule.
+    ``solver`` ("lsmr" or "lsqr") selects scipy's default ``maxiter`` rule. A ``b`` of shape
+    ``(m, 1)`` is taken as ``b[:, 0]`` (scipy squeezes it); no other shape is converted.
+    With ``resume``, the starting vectors come from the state instead of ``b`` and ``x0``.
     """
     A = aslinearoperator(A)
     m, n = A.shape
-    check_vector(b, m, A.dtype, A.device, "b", note=" (A.shape[0])", like="A")
+    if isinstance(b, torch.Tensor) and b.shape == (m, 1):
+        b = b[:, 0]
+    check_vector(b, m, A.dtype, A.device, "b", note=" (A.shape[0]; (m, 1) is also taken)", like="A")
     b = b.detach()
     damp = check_tolerance(damp, "damp")
     atol = check_tolerance(atol, "atol")
@@ -150,6 +176,13 @@ def prepare(
     if check_every is None:
         check_every = 1 if A.device.type == "cpu" else 10
     check_every = check_positive_int(check_every, "check_every")
+    check_callable(checkpoint, "checkpoint")
+    if checkpoint is not None:
+        checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
+    elif checkpoint_every is not None:
+        raise ValueError(
+            f"checkpoint_every: expected None without checkpoint=, got {checkpoint_every!r}"
+        )
 
     if M is not None:
         M = aslinearoperator(M)
@@ -161,22 +194,46 @@ def prepare(
         maxiter = min(m, ny) if solver == "lsmr" else 2 * ny
     else:
         maxiter = check_nonnegative_int(maxiter, "maxiter")
+    settings = settings_of(solver, A, ny, damp, atol, btol, conlim, maxiter, x0, M)
+    state = None if resume is None else check_resume(resume, settings, A.device)
 
     counts0 = (A.num_matvecs, A.num_rmatvecs)
     normb = torch.linalg.vector_norm(b)
-    u = b.clone() if x0 is None else b - A.matvec(x0).detach()
+    if state is not None:
+        if not torch.equal(normb, state.scalars["normb"]):
+            raise ValueError(
+                f"b: expected the right-hand side of the resumed solve (||b|| = "
+                f"{float(state.scalars['normb']):.6g}), got ||b|| = {float(normb):.6g}"
+            )
+        # Products made before the checkpoint count too.
+        counts0 = (
+            counts0[0] - state.counts.get("num_matvecs", 0),
+            counts0[1] - state.counts.get("num_rmatvecs", 0),
+        )
+        u, y = state.vectors["u"].clone(), state.vectors["y"].clone()
+    else:
+        u = b.clone() if x0 is None else b - A.matvec(x0).detach()
+        y = None
 
     if M is None:
         op, damp_eff = A, damp
-        y = x0.clone() if x0 is not None else torch.zeros(n, dtype=A.dtype, device=A.device)
+        if y is None:
+            y = x0.clone() if x0 is not None else torch.zeros(n, dtype=A.dtype, device=A.device)
     else:
-        y = torch.zeros(ny, dtype=A.dtype, device=A.device)
+        if y is None:
+            y = torch.zeros(ny, dtype=A.dtype, device=A.device)
         if damp > 0:
             # damp regularizes x (the correction x - x0 with x0), not y: fold it into the op.
             op, damp_eff = _DampedStack(A, damp) @ M, 0.0
-            u = torch.cat([u, torch.zeros(n, dtype=A.dtype, device=A.device)])
+            if state is None:
+                u = torch.cat([u, torch.zeros(n, dtype=A.dtype, device=A.device)])
         else:
             op, damp_eff = A @ M, 0.0
+    if u.shape != (op.shape[0],) or y.shape != (ny,):
+        raise ValueError(
+            f"resume: expected vectors u of shape ({op.shape[0]},) and y of shape ({ny},), "
+            f"got {tuple(u.shape)} and {tuple(y.shape)}"
+        )
 
     return Problem(
         A=A,
@@ -194,11 +251,33 @@ def prepare(
         M=M,
         callback=callback,
         counts0=counts0,
+        settings=settings,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        state=state,
     )
 
 
-def finish(prob: Problem, y, istop, itn, normr, normar, norma, conda, normx, hist_r, hist_ar):
-    """Build the :class:`SolverResult`: one host transfer for all reported scalars."""
+def finish(
+    prob: Problem,
+    y,
+    istop,
+    itn,
+    normr,
+    normar,
+    norma,
+    conda,
+    normx,
+    hist_r=None,
+    hist_ar=None,
+    *,
+    interrupted=False,
+):
+    """Build the :class:`SolverResult`: one host transfer for all reported scalars.
+
+    ``hist_r`` and ``hist_ar`` are the per-iteration estimates (tensors of at least ``itn``
+    entries, or None for none).
+    """
     from ._result import SolverResult, StopReason
 
     dev = prob.normb.device
@@ -209,11 +288,8 @@ def finish(prob: Problem, y, istop, itn, normr, normar, norma, conda, normx, his
         ]
     ).tolist()
     istop_i, itn_i = int(vals[0]), int(vals[1])
-    if hist_r:
-        history = {
-            "normr": torch.stack(hist_r)[:itn_i].cpu(),
-            "normar": torch.stack(hist_ar)[:itn_i].cpu(),
-        }
+    if hist_r is not None:
+        history = {"normr": hist_r[:itn_i].cpu(), "normar": hist_ar[:itn_i].cpu()}
     else:
         empty = torch.zeros(0, dtype=prob.A.dtype)
         history = {"normr": empty, "normar": empty.clone()}
@@ -231,6 +307,7 @@ def finish(prob: Problem, y, istop, itn, normr, normar, norma, conda, normx, his
         num_matvecs=nmv,
         num_rmatvecs=nrmv,
         history=history,
+        interrupted=interrupted,
     )
 
 
@@ -274,19 +351,47 @@ def bidiag_step(op, u, v, alpha, one):
     return beta, alpha
 
 
+_REPORTED = ("normr", "normar", "norma", "conda", "normx")
+
+
 class Record:
     """LSQR's and LSMR's reported numbers, frozen on the device at the iteration whose
-    stopping test fired, with the per-iteration history, the callback and the host check.
+    stopping test fired, with the per-iteration history, the callback, the host check, and
+    the states for checkpoints and interrupts.
+
+    ``completed`` (a host int) is the last iteration whose numbers are recorded: an
+    interrupt that finds ``completed`` equal to the loop counter came between iterations.
     """
 
     def __init__(self, prob: Problem, normr, normar, norma, conda, normx) -> None:
         dev = prob.u.device
         self.prob = prob
-        self.vals = (normr, normar, norma, conda, normx)
-        self.done = torch.tensor(False, device=dev)
-        self.istop = torch.tensor(7, dtype=torch.int64, device=dev)
-        self.itn = torch.tensor(prob.maxiter, dtype=torch.int64, device=dev)
         self.hist_r, self.hist_ar = [], []
+        self.finished = False  # a resumed state that needs no more iterations
+        state = prob.state
+        if state is None:
+            self.vals = (normr, normar, norma, conda, normx)
+            self.done = torch.tensor(False, device=dev)
+            self.istop = torch.tensor(7, dtype=torch.int64, device=dev)
+            self.itn = torch.tensor(prob.maxiter, dtype=torch.int64, device=dev)
+            empty = torch.zeros(0, dtype=prob.u.dtype, device=dev)
+            self.hist = (empty, empty)
+            self.completed = 0
+            return
+        r = state.record
+        self.vals = tuple(r[k] for k in _REPORTED)
+        self.done, self.istop, self.itn = r["done"], r["istop"], r["itn"]
+        self.hist = (state.history["normr"], state.history["normar"])
+        self.completed = state.itn
+        # A solve that stopped only at its maxiter goes on when this call's maxiter is larger
+        # (the flag is all that differs from a solve that was given the larger one); one
+        # that stopped on a test is finished (the iterations a check_every > 1 would still
+        # run change nothing but the product counts).
+        if bool(self.done):
+            if state.itn < prob.maxiter and int(self.istop) == 7:
+                self.done = torch.zeros_like(self.done)
+            else:
+                self.finished = True
 
     def update(self, itn: int, code, x, normr, normar, norma, conda, normx) -> bool:
         """Record iteration ``itn`` (values ignored once done); True when the loop should end."""
@@ -298,11 +403,71 @@ class Record:
         self.done = done | (code > 0)
         self.hist_r.append(self.vals[0])
         self.hist_ar.append(self.vals[1])
+        self.completed = itn
         if prob.callback is not None:
             prob.callback(prob.to_x(x))
         return itn % prob.check_every == 0 and bool(self.done)
 
-    def result(self, x, itn: int):
-        """The :class:`SolverResult` after ``itn`` loop iterations (``itn = 0``: maxiter 0)."""
-        itn_rec = torch.tensor(0, device=self.prob.u.device) if itn == 0 else self.itn
-        return finish(self.prob, x, self.istop, itn_rec, *self.vals, self.hist_r, self.hist_ar)
+    def history(self):
+        """The per-iteration ``(normr, normar)`` so far as two tensors (on the device)."""
+        if self.hist_r:
+            self.hist = (
+                torch.cat([self.hist[0], torch.stack(self.hist_r)]),
+                torch.cat([self.hist[1], torch.stack(self.hist_ar)]),
+            )
+            self.hist_r, self.hist_ar = [], []
+        return self.hist
+
+    def result(self, x, itn: int, *, interrupted: bool = False):
+        """The :class:`SolverResult` after ``itn`` iterations.
+
+        ``itn = 0``: no iteration ran, scipy's ``istop = 0`` for ``maxiter = 0`` (7 when
+        interrupted). An interrupted result reports 7 unless a stopping test had fired.
+        """
+        if itn == 0:
+            istop, itn_rec = (7 if interrupted else 0), 0
+        else:
+            istop = torch.where(self.done, self.istop, 7) if interrupted else self.istop
+            itn_rec = self.itn
+        hist_r, hist_ar = self.history()
+        return finish(
+            self.prob, x, istop, itn_rec, *self.vals, hist_r, hist_ar, interrupted=interrupted
+        )
+
+    def state(self, itn: int, vectors: dict, scalars: dict) -> SolverState:
+        """The :class:`SolverState` after iteration ``itn`` (vectors copied on the device)."""
+        prob = self.prob
+        hist_r, hist_ar = self.history()
+        record = dict(zip(_REPORTED, self.vals))
+        record.update(done=self.done, istop=self.istop, itn=self.itn)
+        nmv, nrmv = prob.counts()
+        return SolverState(
+            solver=prob.settings["solver"],
+            itn=itn,
+            vectors={k: t.clone() for k, t in vectors.items()},
+            scalars={**scalars, "normb": prob.normb},
+            record=record,
+            history={"normr": hist_r, "normar": hist_ar},
+            counts={"num_matvecs": nmv, "num_rmatvecs": nrmv},
+            settings=dict(prob.settings),
+        )
+
+    def interrupted(self, x, itn: int, snapshot) -> SolverInterrupted:
+        """The exception for a KeyboardInterrupt met with the loop counter at ``itn``.
+
+        ``snapshot()`` builds the state; it is taken only when the interrupt came between
+        iterations (mid-iteration, the vectors are half updated).
+        """
+        state = snapshot() if self.completed == itn else None
+        return SolverInterrupted(self.result(x, self.completed, interrupted=True), state)
+
+
+def save_checkpoint(prob: Problem, itn: int, saved: int, snapshot, *, final=False) -> int:
+    """Call ``prob.checkpoint(snapshot())`` after iteration ``itn`` when due: every
+    ``checkpoint_every`` iterations, and at the end (``final``) unless just saved. Returns
+    the iteration of the latest checkpoint."""
+    every = prob.checkpoint_every
+    if every is None or itn == saved or (not final and itn % every):
+        return saved
+    prob.checkpoint(snapshot())
+    return itn

@@ -11,10 +11,12 @@ from ._common import (
     finish,
     prepare,
     safe_div,
+    save_checkpoint,
     stop_code,
     sym_ortho,
 )
 from ._result import SolverResult
+from ._state import SCALARS
 
 __all__ = ["lsqr"]
 
@@ -32,6 +34,9 @@ def lsqr(
     callback=None,
     *,
     check_every=None,
+    checkpoint=None,
+    checkpoint_every=None,
+    resume=None,
 ) -> SolverResult:
     """Solve ``min ||A x - b||^2 + damp^2 ||x||^2`` with LSQR, matrix-free.
 
@@ -44,7 +49,9 @@ def lsqr(
     A : LinearOperator, torch.Tensor, numpy array or scipy LinearOperator
         The ``(m, n)`` operator (anything :func:`lsr_scale.aslinearoperator` accepts).
     b : torch.Tensor
-        Right-hand side, shape ``(m,)``, with ``A``'s dtype and device. Not modified.
+        Right-hand side, shape ``(m,)``, with ``A``'s dtype and device. Not modified. As in
+        scipy, shape ``(m, 1)`` is also taken (as ``b[:, 0]``; ``x`` is still 1-D): the one
+        shape that is converted.
     damp : float
         Tikhonov damping (``>= 0``).
     atol, btol : float
@@ -55,7 +62,9 @@ def lsqr(
     maxiter : int, optional
         Iteration limit (``>= 0``). Default ``2 n`` as in scipy's ``lsqr`` (``n`` replaced by
         ``M.shape[1]`` when ``M`` is given). ``maxiter=0`` returns ``x0`` (or zeros) with
-        ``istop=7`` (or 0 when ``b - A x0 = 0``).
+        ``itn=0`` and ``istop=0``, as scipy's ``lsqr(..., iter_lim=0)`` does (its other
+        numbers too: ``normr = ||r0||``, ``normar = ||A^T r0||``, ``norma = conda =
+        normx = 0``, with ``r0 = b - A x0``).
     x0 : torch.Tensor, optional
         Initial guess, shape ``(n,)``. As in scipy, LSQR then solves for the correction
         ``x - x0`` from ``r0 = b - A x0`` (so ``damp`` regularizes ``x - x0``). Not modified.
@@ -70,6 +79,9 @@ def lsqr(
     check_every : int, optional
         How often (in iterations) the host reads the on-device convergence flag. Default 1 on
         the CPU and 10 on CUDA. The result does not depend on it.
+    checkpoint, checkpoint_every, resume
+        Checkpoints and resumed solves, as in :func:`lsr_scale.lsmr` (LSQR's state holds
+        the vectors ``u``, ``v``, the iterate and ``w``).
 
     Returns
     -------
@@ -85,7 +97,11 @@ def lsqr(
     Raises
     ------
     TypeError, ValueError
-        On a wrong shape, dtype or device of ``b``, ``x0`` or ``M``, or a bad tolerance.
+        On a wrong shape, dtype or device of ``b``, ``x0`` or ``M``, a bad tolerance, or a
+        ``resume`` state saved with other settings or another ``b``.
+    SolverInterrupted
+        On a KeyboardInterrupt (Ctrl-C) during the iterations, carrying the latest iterate
+        and (between iterations) the state to resume from, as in :func:`lsr_scale.lsmr`.
 
     Notes
     -----
@@ -93,7 +109,7 @@ def lsqr(
     :class:`~lsr_scale.StopReason` (with ``test2 = normar / (norma normr + eps)`` and
     ``test3 = 1 / (conda + eps)`` as in LSQR). ``istop=0`` is returned only when
     ``b - A x0 = 0`` or ``A^T (b - A x0) = 0`` before the first iteration (``x = x0``;
-    ``x = 0`` when ``b = 0``).
+    ``x = 0`` when ``b = 0``), or with ``maxiter=0``.
 
     With ``damp > 0`` and a preconditioner, the damping must apply to ``x``, not to ``y``.
     The solver therefore runs undamped on the stacked problem
@@ -125,10 +141,27 @@ def lsqr(
     (1, 1)
     """
     prob = prepare(
-        A, b, damp, atol, btol, conlim, maxiter, x0, M, callback, check_every, solver="lsqr"
+        A,
+        b,
+        damp,
+        atol,
+        btol,
+        conlim,
+        maxiter,
+        x0,
+        M,
+        callback,
+        check_every,
+        solver="lsqr",
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
     )
     with torch.no_grad():
         return _lsqr(prob)
+
+
+_SCALARS = SCALARS["lsqr"]  # the order of snapshot() below
 
 
 def _lsqr(prob) -> SolverResult:
@@ -144,78 +177,102 @@ def _lsqr(prob) -> SolverResult:
     eps = torch.finfo(dtype).eps
     normb = prob.normb
     zero = T(0.0)
-    beta, v, alfa, trivial = bidiag_start(prob)
-    if trivial:
-        return finish(prob, x, 0, 0, beta, zero, zero, zero, zero, [], [])
+    if prob.state is None:
+        beta, v, alfa, trivial = bidiag_start(prob)
+        if trivial:
+            return finish(prob, x, 0, 0, beta, zero, zero, zero, zero)
+        w = v.clone()
+        rhobar, phibar = alfa, beta
+        anorm, ddnorm, res2, xxnorm, z = zero, zero, zero, zero, zero
+        cs2, sn2 = T(-1.0), T(0.0)
+        # reported (frozen once done); before any iteration they are scipy's maxiter=0 values
+        rec = Record(prob, beta, alfa * beta, zero, zero, zero)
+        itn = 0
+    else:
+        v, w = prob.state.vectors["v"].clone(), prob.state.vectors["w"].clone()
+        alfa, rhobar, phibar, anorm, ddnorm, res2, xxnorm, z, cs2, sn2 = (
+            prob.state.scalars[k] for k in _SCALARS
+        )
+        rec = Record(prob, None, None, None, None, None)
+        itn = prob.state.itn
 
     damp = prob.damp
     dampsq = damp * damp
-    w = v.clone()
-    rhobar, phibar = alfa, beta
-    anorm, ddnorm, res2, xxnorm, z = zero, zero, zero, zero, zero
-    cs2, sn2 = T(-1.0), T(0.0)
-    rec = Record(prob, beta, alfa * beta, zero, zero, zero)  # reported (frozen once done)
     atol, btol, ctol = prob.atol, prob.btol, prob.ctol
 
-    itn = 0
-    while itn < prob.maxiter:
-        itn += 1
-        alfa_old = alfa
-        beta, alfa = bidiag_step(op, u, v, alfa, one)
-        anorm = torch.where(
-            beta > 0,
-            torch.sqrt(anorm * anorm + alfa_old * alfa_old + beta * beta + dampsq),
-            anorm,
-        )
+    def snapshot():
+        scalars = (alfa, rhobar, phibar, anorm, ddnorm, res2, xxnorm, z, cs2, sn2)
+        vectors = {"u": u, "v": v, "y": x, "w": w}
+        return rec.state(itn, vectors, dict(zip(_SCALARS, scalars)))
 
-        # Eliminate the damping, then the subdiagonal beta.
-        if damp > 0:
-            rhobar1 = torch.sqrt(rhobar * rhobar + dampsq)
-            cs1 = rhobar / rhobar1
-            sn1 = damp / rhobar1
-            psi = sn1 * phibar
-            phibar = cs1 * phibar
-        else:
-            rhobar1, psi = rhobar, zero
-        cs, sn, rho = sym_ortho(rhobar1, beta)
-        theta = sn * alfa
-        rhobar = -cs * alfa
-        phi = cs * phibar
-        phibar = sn * phibar
-        tau = sn * phi
+    if rec.finished:
+        return rec.result(x, itn)
+    saved, every = itn, prob.checkpoint_every
+    try:
+        while itn < prob.maxiter:
+            itn += 1
+            alfa_old = alfa
+            beta, alfa = bidiag_step(op, u, v, alfa, one)
+            anorm = torch.where(
+                beta > 0,
+                torch.sqrt(anorm * anorm + alfa_old * alfa_old + beta * beta + dampsq),
+                anorm,
+            )
 
-        # x += (phi/rho) w; w = v - (theta/rho) w  (x update masked once done).
-        live = ~rec.done
-        t1 = torch.where(live, safe_div(phi, rho), zero)
-        t2 = -safe_div(theta, rho)
-        ddnorm = ddnorm + safe_div(norm(w), rho) ** 2
-        x.add_(w * t1)
-        w.mul_(t2).add_(v)
+            # Eliminate the damping, then the subdiagonal beta.
+            if damp > 0:
+                rhobar1 = torch.sqrt(rhobar * rhobar + dampsq)
+                cs1 = rhobar / rhobar1
+                sn1 = damp / rhobar1
+                psi = sn1 * phibar
+                phibar = cs1 * phibar
+            else:
+                rhobar1, psi = rhobar, zero
+            cs, sn, rho = sym_ortho(rhobar1, beta)
+            theta = sn * alfa
+            rhobar = -cs * alfa
+            phi = cs * phibar
+            phibar = sn * phibar
+            tau = sn * phi
 
-        # ||x|| estimate via a second rotation sequence.
-        delta = sn2 * rho
-        gambar = -cs2 * rho
-        rhs = phi - delta * z
-        zbar = safe_div(rhs, gambar)
-        xnorm = torch.sqrt(xxnorm + zbar * zbar)
-        gamma = torch.hypot(gambar, theta)
-        cs2 = safe_div(gambar, gamma)
-        sn2 = safe_div(theta, gamma)
-        z = safe_div(rhs, gamma)
-        xxnorm = xxnorm + z * z
+            # x += (phi/rho) w; w = v - (theta/rho) w  (x update masked once done).
+            live = ~rec.done
+            t1 = torch.where(live, safe_div(phi, rho), zero)
+            t2 = -safe_div(theta, rho)
+            ddnorm = ddnorm + safe_div(norm(w), rho) ** 2
+            x.add_(w * t1)
+            w.mul_(t2).add_(v)
 
-        # Norm estimates and stopping tests, on the device.
-        acond = anorm * torch.sqrt(ddnorm)
-        res2 = res2 + psi * psi
-        rnorm = torch.sqrt(phibar * phibar + res2)
-        arnorm = alfa * tau.abs()
-        test1 = rnorm / normb
-        test2 = arnorm / (anorm * rnorm + eps)
-        test3 = 1.0 / (acond + eps)
-        tt1 = test1 / (1.0 + anorm * xnorm / normb)
-        rtol = btol + atol * anorm * xnorm / normb
-        code = stop_code(itn, prob.maxiter, test1, rtol, test2, atol, test3, ctol, tt1)
+            # ||x|| estimate via a second rotation sequence.
+            delta = sn2 * rho
+            gambar = -cs2 * rho
+            rhs = phi - delta * z
+            zbar = safe_div(rhs, gambar)
+            xnorm = torch.sqrt(xxnorm + zbar * zbar)
+            gamma = torch.hypot(gambar, theta)
+            cs2 = safe_div(gambar, gamma)
+            sn2 = safe_div(theta, gamma)
+            z = safe_div(rhs, gamma)
+            xxnorm = xxnorm + z * z
 
-        if rec.update(itn, code, x, rnorm, arnorm, anorm, acond, xnorm):
-            break
+            # Norm estimates and stopping tests, on the device.
+            acond = anorm * torch.sqrt(ddnorm)
+            res2 = res2 + psi * psi
+            rnorm = torch.sqrt(phibar * phibar + res2)
+            arnorm = alfa * tau.abs()
+            test1 = rnorm / normb
+            test2 = arnorm / (anorm * rnorm + eps)
+            test3 = 1.0 / (acond + eps)
+            tt1 = test1 / (1.0 + anorm * xnorm / normb)
+            rtol = btol + atol * anorm * xnorm / normb
+            code = stop_code(itn, prob.maxiter, test1, rtol, test2, atol, test3, ctol, tt1)
+
+            stop = rec.update(itn, code, x, rnorm, arnorm, anorm, acond, xnorm)
+            if every is not None and itn % every == 0:
+                saved = save_checkpoint(prob, itn, saved, snapshot)
+            if stop:
+                break
+        save_checkpoint(prob, itn, saved, snapshot, final=True)
+    except KeyboardInterrupt as err:
+        raise rec.interrupted(x, itn, snapshot) from err
     return rec.result(x, itn)

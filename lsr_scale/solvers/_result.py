@@ -21,6 +21,9 @@ class StopReason(IntEnum):
     * 3: ``conda >= conlim`` (A is too ill-conditioned for the tolerances);
     * 4-6: as 1-3 with ``atol = btol = eps`` and ``conlim = 1/eps`` (machine precision);
     * 7: ``maxiter`` reached; 0: b = 0 (after x0), x = x0 is exact.
+
+    As in scipy, ``maxiter=0`` also returns 0 (no iteration ran); :class:`SolverResult` then
+    reports ``converged`` False and says so in its ``message``.
     """
 
     ZERO_RHS = 0
@@ -88,6 +91,10 @@ class SolverResult:
         Products with the operator ``A`` made by the solver.
     history : dict
         ``{"normr": tensor(itn,), "normar": tensor(itn,)}`` per-iteration estimates, on the host.
+    interrupted : bool
+        True for the result a :class:`~lsr_scale.solvers.SolverInterrupted` carries (a
+        KeyboardInterrupt stopped the solve): ``x`` is the latest iterate and ``istop`` keeps
+        its meaning (7, not converged, unless a stopping test had fired before).
     """
 
     x: torch.Tensor
@@ -101,12 +108,20 @@ class SolverResult:
     num_matvecs: int = 0
     num_rmatvecs: int = 0
     history: dict = field(default_factory=dict)
+    interrupted: bool = False
+
+    @property
+    def _no_iteration(self) -> bool:
+        # maxiter=0 on a problem that was not solved at the start: scipy's istop 0 anyway.
+        return self.itn == 0 and self.istop == StopReason.ZERO_RHS and self.normar > 0
 
     @property
     def converged(self) -> bool:
-        """True unless the iteration hit ``maxiter`` or ``conlim``."""
-        return StopReason(self.istop).converged
+        """True unless the iteration hit ``maxiter`` (``maxiter=0`` included) or ``conlim``."""
+        return StopReason(self.istop).converged and not self._no_iteration
 
     @property
     def message(self) -> str:
+        if self._no_iteration:
+            return "No iteration ran (maxiter=0): x = x0 (istop 0 as in scipy, not a solution)."
         return StopReason(self.istop).message
