@@ -352,3 +352,81 @@ def test_float32_operator():
         assert M.dtype == torch.float32
         res = ls.lsmr(A, b, M=M, atol=1e-6, btol=1e-6, maxiter=300)
         assert res.x.dtype == torch.float32 and res.converged
+
+
+class _OutOfMemoryAbove(ls.LinearOperator):
+    """Dense ``A`` whose blocks of more than ``limit`` columns run out of memory (a simulated
+    ``torch.OutOfMemoryError``); products go column by column, so the block size cannot
+    change a bit of them."""
+
+    def __init__(self, A, limit=math.inf):
+        super().__init__(A.shape, A.dtype, A.device)
+        self.A, self.limit, self.failures, self.widest = A, limit, 0, 0
+
+    def _check(self, k):
+        if k > self.limit:
+            self.failures += 1
+            raise torch.OutOfMemoryError(f"simulated: {k} columns")
+        self.widest = max(self.widest, k)
+
+    def _matvec(self, x):
+        return self.A @ x
+
+    def _rmatvec(self, y):
+        return self.A.T @ y
+
+    def _matmat(self, X):
+        self._check(X.shape[1])
+        return super()._matmat(X)
+
+    def _rmatmat(self, Y):
+        self._check(Y.shape[1])
+        return super()._rmatmat(Y)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda A, g: NystromPreconditioner(A, 12, damp=1e-3, generator=g),
+        lambda A, g: NystromPreconditioner(A, 6, method="nystrom", adaptive=True, generator=g),
+        lambda A, g: SketchPreconditioner(A, generator=g),
+        lambda A, g: SketchPreconditioner(A, sketch="gaussian", generator=g),
+        lambda A, g: SketchPreconditioner(A, sketch="srht", generator=g),
+        lambda A, g: SketchPreconditioner(A, sketch_size=500, generator=g),
+        lambda A, g: JacobiPreconditioner(A),
+        lambda A, g: JacobiPreconditioner(A.T),
+        lambda A, g: JacobiPreconditioner(A, method="hutchinson", generator=g),
+    ],
+    ids=[
+        "nystrom-svd",
+        "nystrom-adaptive",
+        "sketch-sparse",
+        "sketch-gaussian",
+        "sketch-srht",
+        "sketch-identity",
+        "jacobi-exact",
+        "jacobi-exact-wide",
+        "jacobi-hutchinson",
+    ],
+)
+def test_out_of_memory_during_the_build(build, generator):
+    # Out of memory above 7 columns: each block is halved until it fits, with a warning, and
+    # the preconditioner equals the one built without running out (same generator): bitwise
+    # for Nystrom and the sketch, whose test vectors and sketch are drawn before the products.
+    A = _matrix(400, 30, _logspace(30, 1e4), seed=3)
+    fits, tight = _OutOfMemoryAbove(A), _OutOfMemoryAbove(A, limit=7)
+    ref = build(fits, _gen(5))
+    with pytest.warns(RuntimeWarning, match=r"out of memory on a block of \d+ columns; retrying"):
+        got = build(tight, _gen(5))
+    assert tight.failures > 0 and tight.widest <= 7 and fits.failures == 0
+    kept = {NystromPreconditioner: "block_size", SketchPreconditioner: "chunk"}.get(type(got))
+    if kept:  # the smaller size is kept, and shown
+        before = getattr(ref, kept)
+        assert getattr(got, kept) <= 7 and (before is None or before > 7)
+    E = torch.eye(30, dtype=F64)
+    if isinstance(got, JacobiPreconditioner):
+        # Column sums of squares: the block width changes the order of the additions.
+        torch.testing.assert_close(got.scale, ref.scale, rtol=1e-13, atol=0)
+    else:
+        assert torch.equal(got.matmat(E), ref.matmat(E))
+        assert torch.equal(got.T.matmat(E), ref.T.matmat(E))

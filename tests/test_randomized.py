@@ -282,7 +282,7 @@ def test_randomized_svd_and_nystrom_share_the_finder(generator):
     f.add(om)
     V2, lam2 = f.gram_eig()
     assert torch.equal(V, V2[:, :6]) and torch.equal(lam, lam2[:6])
-    assert info == {"rank": 6, "error_estimate": None, "history": []}
+    assert info == {"rank": 6, "error_estimate": None, "history": [], "block_size": None}
     assert ls.precond.lowrank_gram is lowrank_gram
     M = NystromPreconditioner(A, 6, oversample=4, generator=torch.Generator().manual_seed(2))
     assert torch.equal(M.U, V)
@@ -326,3 +326,82 @@ def test_gaussian_draw_dtype(generator):
     assert a.dtype == b.dtype == torch.float32
     assert torch.equal(b, c.float())
     assert torch.equal(a, torch.randn(5, 3, generator=torch.Generator().manual_seed(0)))
+
+
+class OutOfMemoryAbove(FactoredOperator):
+    """A FactoredOperator whose blocks of more than ``limit`` columns run out of memory (a
+    simulated ``torch.OutOfMemoryError``, raised before any work, as an allocator would)."""
+
+    def __init__(self, B, C, limit):
+        super().__init__(B, C)
+        self.limit, self.failures = limit, 0
+
+    def _check(self, k):
+        if k > self.limit:
+            self.failures += 1
+            raise torch.OutOfMemoryError(f"simulated: {k} columns")
+
+    def _matmat(self, X):
+        self._check(X.shape[1])
+        return super()._matmat(X)
+
+    def _rmatmat(self, Y):
+        self._check(Y.shape[1])
+        return super()._rmatmat(Y)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(method="svd"),
+        dict(method="svd", power_iters=1),
+        dict(method="svd", adaptive=True, tol=1e-6),
+        dict(method="nystrom"),
+        dict(method="nystrom", adaptive=True, tol=1e-6),
+    ],
+    ids=["svd", "power", "svd-adaptive", "nystrom", "nystrom-adaptive"],
+)
+def test_out_of_memory_halves_the_block(kw, generator):
+    # The build under a simulated OOM equals the one without (same generator), bitwise:
+    # the test vectors are drawn before the products, and these go column by column.
+    A, _ = decaying(60, 40, generator)
+    B, C = torch.linalg.qr(A)
+    fits = FactoredOperator(B, C)
+    ref = lowrank_gram(fits, 8, generator=torch.Generator().manual_seed(4), **kw)
+    tight = OutOfMemoryAbove(B, C, limit=5)
+    with pytest.warns(RuntimeWarning, match=r"out of memory on a block of \d+ columns; retrying"):
+        got = lowrank_gram(tight, 8, generator=torch.Generator().manual_seed(4), **kw)
+    assert tight.failures > 0 and tight.widest <= 5
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    assert got[2]["rank"] == ref[2]["rank"] and ref[2]["block_size"] is None
+    assert 1 <= got[2]["block_size"] <= 5
+
+
+def test_out_of_memory_keeps_the_smaller_block(generator):
+    A, _ = decaying(60, 40, generator)
+    B, C = torch.linalg.qr(A)
+    op = OutOfMemoryAbove(B, C, limit=6)
+    f = RangeFinder(op, block_size=16)
+    with pytest.warns(RuntimeWarning) as record:
+        f.add(gaussian(40, 16, generator, dtype=F64, device="cpu"))
+    # 16 -> 8 -> 4, then 4 columns per block for the rest: no more failures or warnings.
+    messages = [str(w.message) for w in record]
+    assert messages == [
+        "RangeFinder: A.matmat: out of memory on a block of 16 columns; retrying with 8 "
+        "columns per block (block_size=8 for the rest of this build)",
+        "RangeFinder: A.matmat: out of memory on a block of 8 columns; retrying with 4 "
+        "columns per block (block_size=4 for the rest of this build)",
+    ]
+    assert f.block_size == 4 and op.failures == 2
+    f.Bt  # noqa: B018 - the A^T Q products run here, at the kept size
+    assert op.failures == 2 and op.widest == 4
+    # One column that does not fit: the error is the caller's.
+    with pytest.raises(torch.OutOfMemoryError), pytest.warns(RuntimeWarning):
+        RangeFinder(OutOfMemoryAbove(B, C, limit=0)).add(
+            gaussian(40, 4, generator, dtype=F64, device="cpu")
+        )
+    # Other errors are not retried.
+    bad = OutOfMemoryAbove(B, C, limit=100)
+    bad._check = lambda k: (_ for _ in ()).throw(RuntimeError("not memory"))
+    with pytest.raises(RuntimeError, match="not memory"):
+        RangeFinder(bad).add(gaussian(40, 4, generator, dtype=F64, device="cpu"))

@@ -11,7 +11,12 @@ from .. import cuda
 from .._checks import describe
 from ..operators import LinearOperator, aslinearoperator
 
-__all__ = ["Preconditioner", "LowRankOperator", "column_blocks", "as_operator"]
+__all__ = [
+    "Preconditioner",
+    "LowRankOperator",
+    "identity_columns",
+    "as_operator",
+]
 
 
 def as_operator(A) -> LinearOperator:
@@ -134,14 +139,8 @@ class LowRankOperator(LinearOperator):
     _rmatmat = _matvec
 
 
-def column_blocks(A: LinearOperator, chunk: int):
-    """Yield ``(cols, E)`` with ``E = I[:, cols]`` for consecutive chunks of ``A``'s columns.
-
-    ``A @ E`` is then ``A[:, cols]``, one chunk (``chunk`` products) at a time.
-    """
-    m = A.shape[1]
-    for j0 in range(0, m, chunk):
-        j1 = min(m, j0 + chunk)
-        E = torch.zeros((m, j1 - j0), dtype=A.dtype, device=A.device)
-        E[torch.arange(j0, j1, device=A.device), torch.arange(j1 - j0, device=A.device)] = 1
-        yield slice(j0, j1), E
+def identity_columns(m: int, j0: int, j1: int, dtype, device) -> torch.Tensor:
+    """``E = I[:, j0:j1]`` (``m x (j1 - j0)``): ``A @ E`` is ``A[:, j0:j1]``."""
+    E = torch.zeros((m, j1 - j0), dtype=dtype, device=device)
+    E[torch.arange(j0, j1, device=device), torch.arange(j1 - j0, device=device)] = 1
+    return E

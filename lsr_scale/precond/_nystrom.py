@@ -66,6 +66,9 @@ class NystromPreconditioner(Preconditioner):
     block_size : int, optional
         At most this many columns per product with ``A`` / ``A^T`` during the build (bounds
         the memory of Jacobian operators). Default: a whole block of test vectors at once.
+        A block that runs out of memory (``torch.OutOfMemoryError``) is halved and retried,
+        with a ``RuntimeWarning``, and the smaller size is kept for the rest of the build;
+        the test vectors are drawn before, so the preconditioner does not change.
 
     Attributes
     ----------
@@ -87,6 +90,9 @@ class NystromPreconditioner(Preconditioner):
         Final adaptive error estimate (None when not adaptive).
     rank_history : list of dict
         Ranks tried and their estimates (adaptive).
+    block_size : int or None
+        Columns per product at the end of the build (smaller than the one given after
+        running out of memory; None: whole blocks).
     build_time, build_matvecs, build_rmatvecs
         See :class:`~lsr_scale.precond.Preconditioner`.
 
@@ -177,6 +183,7 @@ class NystromPreconditioner(Preconditioner):
         self.rank = int(info["rank"])
         self.error_estimate = info["error_estimate"]
         self.rank_history = info["history"]
+        self.block_size = info["block_size"]
 
     def _set_basis(self, U, lam, basis_dtype):
         mu = self.damp**2

@@ -11,8 +11,9 @@ from .._checks import (
     check_positive_int,
     check_tolerance,
 )
+from ..randomized._blocks import run_blocks
 from ..sketch._sketches import SKETCHES
-from ._common import Preconditioner, as_operator, column_blocks
+from ._common import Preconditioner, as_operator, identity_columns
 
 __all__ = ["SketchPreconditioner", "sketch_operator"]
 
@@ -22,7 +23,7 @@ def _default_chunk(n_rows: int, m: int) -> int:
     return max(1, min(m, (1 << 24) // max(n_rows, 1)))
 
 
-def sketch_operator(S, A, *, chunk=None) -> torch.Tensor:
+def sketch_operator(S, A, *, chunk=None, what="sketch_operator") -> torch.Tensor:
     """Return ``S @ A`` (``s x m``) for a sketch ``S`` and an operator ``A`` (``n x m``).
 
     ``A`` is applied to identity columns in chunks (``chunk`` columns, ``chunk`` products
@@ -30,7 +31,14 @@ def sketch_operator(S, A, *, chunk=None) -> torch.Tensor:
     chunk ``A E`` reaches the sketch as row blocks through ``S.apply_blocks``, so it is never
     held whole (except by :class:`~lsr_scale.sketch.SRHTSketch`, which needs its padded
     ``n_pad x chunk`` buffer). Otherwise ``A.matmat`` materializes ``n x chunk`` per chunk.
+    A chunk that runs out of memory is halved and retried (a ``RuntimeWarning`` names
+    ``what``), and the smaller size is kept; :func:`sketch_and_chunk` also returns it.
     """
+    return sketch_and_chunk(S, A, chunk=chunk, what=what)[0]
+
+
+def sketch_and_chunk(S, A, *, chunk=None, what="sketch_operator"):
+    """``(S @ A, chunk)`` as :func:`sketch_operator`, with the chunk size in effect at the end."""
     n, m = A.shape
     if S.shape[1] != n:
         raise ValueError(f"S: expected {n} columns to match A.shape[0], got shape {S.shape}")
@@ -38,12 +46,29 @@ def sketch_operator(S, A, *, chunk=None) -> torch.Tensor:
     chunk = _default_chunk(rows, m) if chunk is None else check_positive_int(chunk, "chunk")
     out = torch.empty((S.shape[0], m), dtype=A.dtype, device=A.device)
     blocks_fn = getattr(A, "matmat_blocks", None)
-    for cols, E in column_blocks(A, chunk):
+
+    def step(j0, j1):
+        E = identity_columns(m, j0, j1, A.dtype, A.device)
         if blocks_fn is not None and hasattr(S, "apply_blocks"):
-            out[:, cols] = S.apply_blocks(blocks_fn(E))
+            out[:, j0:j1] = S.apply_blocks(blocks_fn(E))
         else:
-            out[:, cols] = S.matmat(A.matmat(E))
-    return out
+            out[:, j0:j1] = S.matmat(A.matmat(E))
+
+    chunk = run_blocks(m, chunk, step, what=what, setting="chunk", device=A.device)
+    return out, chunk
+
+
+def _columns(A, chunk):
+    """``(A, chunk)``: ``A`` itself as a dense matrix, ``chunk`` columns per product (halved
+    when out of memory)."""
+    n, m = A.shape
+    out = torch.empty((n, m), dtype=A.dtype, device=A.device)
+
+    def step(j0, j1):
+        out[:, j0:j1] = A.matmat(identity_columns(m, j0, j1, A.dtype, A.device))
+
+    what = "SketchPreconditioner: A.matmat"
+    return out, run_blocks(m, chunk, step, what=what, setting="chunk", device=A.device)
 
 
 class SketchPreconditioner(Preconditioner):
@@ -77,6 +102,8 @@ class SketchPreconditioner(Preconditioner):
         of ``S A`` equals that of ``A``).
     chunk : int, optional
         Columns of ``A`` per batched product while sketching (default: about ``2^24 / n``).
+        A chunk that runs out of memory (``torch.OutOfMemoryError``) is halved and retried,
+        with a ``RuntimeWarning``; the sketch is drawn before, so ``R`` does not change.
     **sketch_options
         Passed to the sketch (e.g. ``zeta`` for the sparse-sign sketch).
 
@@ -90,6 +117,9 @@ class SketchPreconditioner(Preconditioner):
         ``m``, or ``r`` after truncation.
     cond_R : float
         ``sigma_max(R) / sigma_min(R)`` (the condition number of ``S A``).
+    chunk : int
+        Columns per product at the end of the build (smaller than the one given after
+        running out of memory).
     build_time, build_matvecs, build_rmatvecs
         The build costs ``m`` matvecs with ``A`` and no rmatvecs.
 
@@ -147,6 +177,8 @@ class SketchPreconditioner(Preconditioner):
                 f"{A.shape}; use NystromPreconditioner or the sample-space solver instead"
             )
         s = 4 * m if sketch_size is None else check_positive_int(sketch_size, "sketch_size")
+        if chunk is not None:
+            chunk = check_positive_int(chunk, "chunk")
         check_at_least(s, m, "sketch_size", "m")
         super().__init__(m, A.dtype, A.device)
         eps = torch.finfo(A.dtype).eps
@@ -155,7 +187,7 @@ class SketchPreconditioner(Preconditioner):
         self.sketch_kind = sketch if s < n else "identity"
         with torch.no_grad(), self._recording(A):
             if self.sketch_kind == "identity":
-                SA = torch.cat([A.matmat(E) for _, E in column_blocks(A, _default_chunk(n, m))], 1)
+                SA, self.chunk = _columns(A, _default_chunk(n, m) if chunk is None else chunk)
             else:
                 S = SKETCHES[sketch](
                     n,
@@ -165,7 +197,9 @@ class SketchPreconditioner(Preconditioner):
                     device=A.device,
                     **sketch_options,
                 )
-                SA = sketch_operator(S, A, chunk=chunk)
+                SA, self.chunk = sketch_and_chunk(
+                    S, A, chunk=chunk, what="SketchPreconditioner: sketching A"
+                )
             R = torch.linalg.qr(SA, mode="r").R
             svals = torch.linalg.svdvals(R)
         smax = float(svals[0]) if svals.numel() else 0.0

@@ -14,7 +14,8 @@ from .._checks import (
     check_tolerance,
 )
 from ..operators import aslinearoperator
-from ._range import RangeFinder, _blocked
+from ._blocks import blocked_apply
+from ._range import RangeFinder
 from ._rng import gaussian
 
 __all__ = ["lowrank_gram"]
@@ -38,7 +39,13 @@ class _NystromSketch:
         self._U = self._lam = None
 
     def _H(self, X):
-        return _blocked(lambda Z: self.A.rmatmat(self.A.matmat(Z)), X, self.block_size)
+        Y, self.block_size = blocked_apply(
+            lambda Z: self.A.rmatmat(self.A.matmat(Z)),
+            X,
+            self.block_size,
+            what="Nystrom sketch: A.rmatmat(A.matmat(.))",
+        )
+        return Y
 
     def residual(self, Omega, r):
         """``(H Omega, ||(H - H_r) omega_i||^2 per column)`` for the rank-``r`` truncation."""
@@ -100,8 +107,9 @@ def lowrank_gram(
     """Randomized eigen-approximation ``A^T A ~= U diag(lam) U^T`` of rank ``rank``.
 
     Returns ``(U, lam, info)`` with ``U`` (m x rank) orthonormal, ``lam`` descending, and
-    ``info`` holding ``rank``, ``error_estimate`` (relative; None unless ``adaptive``) and
-    ``history`` (one entry per adaptive round).
+    ``info`` holding ``rank``, ``error_estimate`` (relative; None unless ``adaptive``),
+    ``history`` (one entry per adaptive round) and ``block_size`` (the one in effect at the
+    end: smaller than the one given after running out of memory).
 
     Parameters
     ----------
@@ -125,6 +133,8 @@ def lowrank_gram(
         vectors, so the estimate costs no extra products.
     block_size : int, optional
         At most this many columns per product with ``A`` / ``A^T`` (default: all at once).
+        A block that runs out of memory is halved and retried, with a ``RuntimeWarning``;
+        the test vectors are drawn before, so the result does not change.
 
     See :class:`lsr_scale.precond.NystromPreconditioner` for the estimate and references.
     """
@@ -159,7 +169,8 @@ def lowrank_gram(
         sk.add(gauss(k))
         U, lam = sk.gram_eig()
         r = min(rank, U.shape[1])
-        return U[:, :r], lam[:r], {"rank": r, "error_estimate": None, "history": history}
+        info = {"rank": r, "error_estimate": None, "history": history}
+        return U[:, :r], lam[:r], {**info, "block_size": sk.block_size}
 
     # Adaptive: double the rank until the a-posteriori error estimate of the rank-r
     # truncation is small enough.
@@ -185,4 +196,5 @@ def lowrank_gram(
             k += nprobe
         r = min(2 * r, max_rank, k)
     U, lam = sk.gram_eig()
-    return U[:, :r], lam[:r], {"rank": r, "error_estimate": est, "history": history}
+    info = {"rank": r, "error_estimate": est, "history": history, "block_size": sk.block_size}
+    return U[:, :r], lam[:r], info

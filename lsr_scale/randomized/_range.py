@@ -11,19 +11,10 @@ from .._checks import (
     check_positive_int,
 )
 from ..operators import LinearOperator, aslinearoperator
+from ._blocks import blocked_apply
 from ._rng import gaussian
 
 __all__ = ["RangeFinder", "randomized_range_finder", "randomized_svd"]
-
-
-def _blocked(apply, X: torch.Tensor, block_size: int | None) -> torch.Tensor:
-    """``apply(X)`` with at most ``block_size`` columns of ``X`` per call."""
-    k = X.shape[1]
-    if block_size is None or block_size >= k:
-        return apply(X)
-    return torch.cat(
-        [apply(X[:, j : j + block_size].contiguous()) for j in range(0, k, block_size)], dim=1
-    )
 
 
 def _orth(Y: torch.Tensor) -> torch.Tensor:
@@ -53,12 +44,16 @@ class RangeFinder:
         decays slowly.
     block_size : int, optional
         At most this many columns go through ``A.matmat`` / ``A.rmatmat`` at once (bounds the
-        memory of Jacobian operators). Default: a whole block at once.
+        memory of Jacobian operators). Default: a whole block at once. A block that runs out
+        of memory (``torch.OutOfMemoryError``) is halved and retried, with a
+        ``RuntimeWarning``, and the smaller size is kept.
 
     Attributes
     ----------
     Q : torch.Tensor or None
         ``(m, k)`` orthonormal basis (None before the first :meth:`add`).
+    block_size : int or None
+        The block size in effect (smaller than the one given after running out of memory).
 
     Examples
     --------
@@ -89,17 +84,23 @@ class RangeFinder:
         """Columns of ``Q`` so far."""
         return 0 if self.Q is None else int(self.Q.shape[1])
 
+    def _apply(self, apply, X: torch.Tensor, what: str) -> torch.Tensor:
+        """``apply(X)`` in blocks of ``block_size`` columns (halved when out of memory)."""
+        Y, self.block_size = blocked_apply(apply, X, self.block_size, what=f"RangeFinder: {what}")
+        return Y
+
     def sample(self, Omega: torch.Tensor) -> torch.Tensor:
         """``A Omega`` (blocked)."""
-        return _blocked(self.A.matmat, Omega, self.block_size)
+        return self._apply(self.A.matmat, Omega, "A.matmat")
 
     def add(self, Omega: torch.Tensor, Y: torch.Tensor | None = None) -> None:
         """Extend ``Q`` by the range of ``A Omega``; pass ``Y = A Omega`` if already known."""
-        A, bs = self.A, self.block_size
+        A = self.A
         if Y is None:
             Y = self.sample(Omega)
         for _ in range(self.power_iters):
-            Y = _blocked(A.matmat, _orth(_blocked(A.rmatmat, _orth(Y), bs)), bs)
+            Z = self._apply(A.rmatmat, _orth(Y), "A.rmatmat")
+            Y = self._apply(A.matmat, _orth(Z), "A.matmat")
         if self.Q is None:
             self.Q = _orth(Y)
         else:
@@ -122,7 +123,7 @@ class RangeFinder:
         k0 = 0 if self._Bt is None else self._Bt.shape[1]
         if k0 < self.rank:
             Qnew = self.Q if k0 == 0 else self.Q[:, k0:]
-            Bt2 = _blocked(self.A.rmatmat, Qnew, self.block_size)
+            Bt2 = self._apply(self.A.rmatmat, Qnew, "A.rmatmat")
             self._Bt = Bt2 if self._Bt is None else torch.cat([self._Bt, Bt2], dim=1)
         return self._Bt
 
@@ -196,7 +197,8 @@ def randomized_range_finder(
         :func:`lsr_scale.randomized.resolve_generator`).
     block_size : int, optional
         At most this many columns go through ``A.matmat`` / ``A.rmatmat`` at once (bounds the
-        memory of Jacobian operators). Default: all at once.
+        memory of Jacobian operators). Default: all at once. Halved (with a
+        ``RuntimeWarning``) when a block runs out of memory; see :class:`RangeFinder`.
 
     Returns
     -------
