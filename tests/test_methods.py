@@ -75,7 +75,7 @@ def test_objects_are_frozen_and_shorthands_resolve():
     assert isinstance(k.preconditioner, Auto)
     assert isinstance(ls.Krylov(preconditioner="nystrom").preconditioner, Nystrom)
     assert ls.Krylov(preconditioner=None).preconditioner is None
-    assert k.setting("maxiter") == 1000 and k.setting("solver") == "lsmr"
+    assert k.setting("maxiter") == 300 and k.setting("solver") == "lsmr"
     assert ls.Krylov(space="auto").resolved_space((10, 100)) == "sample"
     assert ls.Krylov(space="auto").resolved_space((100, 100)) == "parameter"
     assert Auto().choose((1000, 50)) == Sketch() and Auto().choose((100, 50)) == Nystrom()
@@ -101,7 +101,7 @@ class _Counting(torch.nn.Module):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(method=ls.Krylov(), validation="v"), "validation: not used by"),
+        (dict(method=ls.Krylov(), validation="v"), "validation: expected a pair"),
         (dict(method=ls.Subspace(rank=3), validation="v"), "validation: not used by"),
         (dict(method=ls.Subspace(rank="auto")), "validation: expected"),
         (dict(method="newton"), "method: expected 'subspace', 'krylov'"),

@@ -180,6 +180,7 @@ class NystromPreconditioner(Preconditioner):
                 block_size=block_size,
             )
             self._set_basis(U, lam, basis_dtype)
+        self.basis_dtype = basis_dtype
         self.rank = int(info["rank"])
         self.error_estimate = info["error_estimate"]
         self.rank_history = info["history"]
@@ -222,6 +223,30 @@ class NystromPreconditioner(Preconditioner):
         R = torch.linalg.cholesky(G, upper=True)
         self._Rinv = torch.linalg.solve_triangular(R, eye, upper=True)
         self._op = self._lowrank(d)
+
+    def truncate(self, floor: float) -> int:
+        """Drop the directions with ``sigma_i < floor * sigma_1`` (``lam = sigma^2``); return
+        the rank kept.
+
+        Products taken in a lower precision carry rounding at about ``eps * sigma_1``; a
+        preconditioner that reaches below that level amplifies it (see
+        ``lsr_scale.refine._precision.noise_floor``).
+        """
+        lam = self.eigenvalues
+        if lam.numel() == 0:
+            return 0
+        keep = max(1, int((lam >= (float(floor) ** 2) * lam[0]).sum()))
+        if keep < lam.numel():
+            with torch.no_grad():
+                self._set_basis(self.U[:, :keep], lam[:keep], self.basis_dtype)
+            self.rank = keep
+        return self.rank
+
+    def set_damp(self, damp: float) -> None:
+        """Rescale for another damping of the problem (no products with ``A``)."""
+        self.damp = check_tolerance(damp, "damp")
+        with torch.no_grad():
+            self._set_basis(self.U, self.eigenvalues, self.basis_dtype)
 
     @property
     def U(self) -> torch.Tensor:

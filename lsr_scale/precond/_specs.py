@@ -58,6 +58,10 @@ class Nystrom:
         Power iterations of the range finder.
     basis_dtype : torch.dtype, optional
         Store the ``m x l`` basis in this (lower) precision, e.g. ``torch.bfloat16``.
+    floor : float, optional
+        Keep only the directions with ``sigma_i >= floor * sigma_1``: below the noise floor
+        of the products' precision a preconditioner amplifies rounding.
+        :class:`lsr_scale.Krylov` sets it for float32 products (``precision="mixed"``).
 
     See :class:`NystromPreconditioner` for the operator it builds.
     """
@@ -67,6 +71,7 @@ class Nystrom:
     method: str = "svd"
     power_iters: int = 0
     basis_dtype: torch.dtype | None = None
+    floor: float | None = None
 
     name = "nystrom"
 
@@ -83,6 +88,8 @@ class Nystrom:
                 f"Nystrom.basis_dtype: expected a floating torch.dtype or None, "
                 f"got {self.basis_dtype!r}"
             )
+        if self.floor is not None and not (0 <= self.floor < 1):
+            raise ValueError(f"Nystrom.floor: expected a number in [0, 1), got {self.floor!r}")
 
     def resolved_rank(self, shape) -> int:
         """The rank used for an operator of this shape."""
@@ -91,7 +98,7 @@ class Nystrom:
     def build(self, A, *, damp: float = 0.0, generator=None) -> NystromPreconditioner:
         """Build the preconditioner for ``min ||A x - b||^2 + damp^2 ||x||^2``."""
         A = as_operator(A)
-        return NystromPreconditioner(
+        M = NystromPreconditioner(
             A,
             self.resolved_rank(A.shape),
             damp,
@@ -101,6 +108,9 @@ class Nystrom:
             power_iters=self.power_iters,
             basis_dtype=self.basis_dtype,
         )
+        if self.floor:
+            M.truncate(self.floor)
+        return M
 
 
 @dataclass(frozen=True)

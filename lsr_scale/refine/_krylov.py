@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
-from .._checks import check_choice, check_nonnegative_int, check_tolerance
+import torch
+
+from .._checks import check_choice, check_nonnegative_int, check_positive_int, check_tolerance
 from .._utils import timed
 from ..precond import Jacobi, Nystrom, Sketch, as_preconditioner
 from ..precond._specs import Auto
-from ..solvers import lsmr, lsqr
+from ..solvers import SolverInterrupted, SolverState, lsmr, lsqr
 from ._methods import Method, Problem
+from ._precision import MixedPrecisionOperator, noise_floor
 from ._sample_space import solve_sample_space
 
 __all__ = ["Krylov"]
 
-_DEFAULTS = {"solver": "lsmr", "maxiter": 1000, "atol": 1e-8, "btol": 1e-8, "conlim": 1e12}
+_DEFAULTS = {"solver": "lsmr", "maxiter": 300, "atol": 1e-8, "btol": 1e-8, "conlim": 1e12}
 _SOLVERS = {"lsmr": lsmr, "lsqr": lsqr}
+_PRECISIONS = ("auto", "working", "mixed", "float64")
+_LOW = (torch.float32, torch.float16, torch.bfloat16)
+_CHECKPOINT_FORMAT = "lsr_scale.Krylov.checkpoint"
+
+
+class _EarlyStop(KeyboardInterrupt):
+    """Raised from the solver's callback to end the iteration early (caught in ``solve``).
+
+    It rides on the solvers' interrupt path, which hands back the latest iterate and its
+    numbers (:class:`~lsr_scale.solvers.SolverInterrupted`).
+    """
 
 
 @dataclass(frozen=True)
@@ -24,8 +41,8 @@ class Krylov(Method):
 
     Parameter space runs LSMR (or LSQR) on ``G0`` with a right preconditioner; sample space
     (for ``n << m``) solves ``(G0 G0^T + damp^2 I) z = -f0`` by preconditioned CG and
-    returns ``delta = G0^T z``. Early stopping (``maxiter``) and ``damp`` are the
-    regularizers, as the rank is for :class:`Subspace`.
+    returns ``delta = G0^T z``. Early stopping and ``damp`` are the regularizers, as the rank
+    is for :class:`Subspace`.
 
     Parameters
     ----------
@@ -37,9 +54,14 @@ class Krylov(Method):
         specification such as ``ls.precond.Nystrom(rank=300)``, or ``None``. In sample space
         only Nystrom (or ``None``) applies; ``"auto"`` then means Nystrom.
     damp : float
-        Tikhonov damping.
+        Tikhonov damping (a filter: singular values below ``damp`` are damped).
+    target_rank : int, optional
+        Aim the solve at this effective rank instead of giving ``damp``: ``damp`` is set to
+        the estimate of ``sigma_k`` from the Nystrom preconditioner's spectrum (its rank must
+        be at least ``k``), so directions above ``sigma_k`` pass and those below are damped,
+        as truncation at rank ``k`` does for :class:`Subspace`.
     maxiter : int, optional
-        Iteration limit (default 1,000).
+        Iteration limit (default 300). Reaching it warns, and ``info["stop"]`` says so.
     atol, btol : float, optional
         scipy's LSMR/LSQR stopping tolerances (defaults 1e-8). In sample space ``atol`` is
         CG's relative tolerance ``||b - (G0 G0^T + damp^2) z|| <= atol ||b||`` and ``btol``
@@ -48,23 +70,58 @@ class Krylov(Method):
         LSMR/LSQR condition-number limit (default 1e12); parameter space only.
     space : {"parameter", "sample", "auto"}
         ``"auto"`` picks sample space when ``2 n <= m``.
+    precision : {"auto", "working", "mixed", "float64"}
+        ``"mixed"``: the solver, its scalars and the preconditioner run in float64 around
+        products in the model's precision, and the preconditioner is truncated at that
+        precision's noise floor (:func:`~lsr_scale.refine._precision.noise_floor`), which it
+        would otherwise amplify. ``"float64"``: products in float64 too, on a float64 copy
+        of the model (``data=`` refinements; the returned predictor keeps the model's dtype).
+        ``"working"``: everything in the model's precision (0.1's behaviour). ``"auto"``
+        (default): ``"float64"`` for ``data=`` refinements of a lower-precision model,
+        ``"mixed"`` for ``residual_fn`` ones. Measured in ``docs/solvers.md``.
+    stall : float or None
+        Stop when ``||r||`` fell by less than this fraction over the last ``check_every``
+        iterations (default 0.03); ``None`` turns the rule off.
+    check_every : int
+        How often (iterations) the stall rule and the validation error are checked.
+    patience : int
+        With ``refine(..., validation=...)``: stop after this many checks without a new best
+        validation error; the best iterate is returned.
+    checkpoint : str or Path, optional
+        Write the solver state there every ``checkpoint_every`` iterations (with the
+        generator state the preconditioner was built from).
+    checkpoint_every : int
+        Iterations between checkpoints (default 50).
+    resume : str or Path, optional
+        Continue from a checkpoint written by a solve with the same settings and problem: the
+        preconditioner is rebuilt from the saved generator state, and the iterates continue
+        exactly.
 
     Raises
     ------
     ValueError, TypeError
         At construction, on invalid values or settings that do not apply (``btol``,
-        ``conlim`` or ``solver`` with a space that may be the sample space, or a sketch or
-        Jacobi preconditioner there).
+        ``conlim`` or ``solver`` with a space that may be the sample space, a sketch or
+        Jacobi preconditioner there, ``target_rank`` with ``damp`` or without a Nystrom
+        preconditioner).
     """
 
     solver: str | None = None
     preconditioner: object = "auto"
     damp: float = 0.0
+    target_rank: int | None = None
     maxiter: int | None = None
     atol: float | None = None
     btol: float | None = None
     conlim: float | None = None
     space: str = "parameter"
+    precision: str = "auto"
+    stall: float | None = 0.03
+    check_every: int = 10
+    patience: int = 5
+    checkpoint: str | Path | None = None
+    checkpoint_every: int = 50
+    resume: str | Path | None = None
 
     name = "krylov"
 
@@ -83,19 +140,59 @@ class Krylov(Method):
         if self.conlim is not None and not self.conlim > 0:
             raise ValueError(f"Krylov.conlim: expected a positive number, got {self.conlim!r}")
         check_choice(self.space, ("parameter", "sample", "auto"), "Krylov.space")
+        check_choice(self.precision, _PRECISIONS, "Krylov.precision")
+        if self.stall is not None:
+            check_tolerance(self.stall, "Krylov.stall")
+        check_positive_int(self.check_every, "Krylov.check_every")
+        check_positive_int(self.patience, "Krylov.patience")
+        check_positive_int(self.checkpoint_every, "Krylov.checkpoint_every")
+        pc = self.preconditioner
+        if self.target_rank is not None:
+            check_positive_int(self.target_rank, "Krylov.target_rank")
+            if self.damp:
+                raise ValueError(
+                    "Krylov.target_rank: sets damp from the spectrum, got it with "
+                    f"damp={self.damp!r}; give one of them"
+                )
+            if not isinstance(pc, (Nystrom, Auto)) or self.space != "parameter":
+                raise ValueError(
+                    "Krylov.target_rank: reads sigma_k from a Nystrom preconditioner in parameter "
+                    f"space, got preconditioner={pc!r}, space={self.space!r}"
+                )
+            nys = pc.nystrom if isinstance(pc, Auto) else pc
+            if nys.rank is not None and nys.rank < self.target_rank:
+                raise ValueError(
+                    f"Krylov.target_rank: expected <= the Nystrom rank {nys.rank}, "
+                    f"got {self.target_rank}"
+                )
         if self.space != "parameter":
-            for k in ("solver", "btol", "conlim"):
+            for k in ("solver", "btol", "conlim", "checkpoint", "resume"):
                 if getattr(self, k) is not None:
                     raise ValueError(
                         f"Krylov.{k}: applies to space='parameter' only (sample space runs CG), "
                         f"got it with space={self.space!r}"
                     )
-            pc = self.preconditioner
             if isinstance(pc, (Sketch, Jacobi)):
                 raise ValueError(
                     "Krylov.preconditioner: sample space takes a Nystrom preconditioner or None, "
                     f"got {pc.name!r} with space={self.space!r}"
                 )
+
+    # ------------------------------------------------------------------ Method hooks
+    def validation_use(self) -> str:
+        return "optional"
+
+    def product_dtype(self, model_dtype, *, has_data):
+        if self.precision == "float64" or (self.precision == "auto" and model_dtype in _LOW):
+            return torch.float64
+        return None
+
+    def check_problem(self, *, has_data: bool) -> None:
+        if self.precision == "float64" and not has_data:
+            raise ValueError(
+                "Krylov.precision: 'float64' converts a copy of the model, which a residual_fn "
+                "closes over; expected data=, or precision='mixed' with residual_fn"
+            )
 
     def setting(self, key: str):
         """A setting with its default filled in."""
@@ -108,57 +205,251 @@ class Krylov(Method):
             return "sample" if 2 * n <= m else "parameter"
         return self.space
 
+    # ------------------------------------------------------------------ solve
     def solve(self, problem: Problem):
-        J, b = problem.J, problem.b
-        device = J.device
-        times: dict[str, float] = {}
+        J = problem.J
+        mixed = self.precision in ("auto", "mixed") and J.dtype != torch.float64
+        A = MixedPrecisionOperator(J, torch.float64) if mixed else J
+        b = problem.b.to(A.dtype)
         space = self.resolved_space(J.shape)
         spec = self.preconditioner
-        if isinstance(spec, Auto):
-            spec = spec.nystrom if space == "sample" else spec.choose(J.shape)
-        info: dict = {"space": space, "rank": None}
+        if isinstance(spec, Auto):  # target_rank reads the spectrum off a Nystrom build
+            nys_only = space == "sample" or self.target_rank is not None
+            spec = spec.nystrom if nys_only else spec.choose(J.shape)
+        if mixed and isinstance(spec, Nystrom) and spec.floor is None:
+            spec = dataclasses.replace(spec, floor=noise_floor(J.dtype))
+        info: dict = {"space": space, "rank": None, "precision": "mixed" if mixed else str(A.dtype)}
         if space == "sample":
-            rank = spec.resolved_rank(J.shape) if spec is not None else None
-            problem.stage("sample-space CG")
-            with timed(times, "solve", device):
-                res = solve_sample_space(
-                    J,
-                    b,
-                    damp=self.damp,
-                    maxiter=self.setting("maxiter"),
-                    tol=self.setting("atol"),
-                    precond_rank=rank,
-                    precond_method=spec.method if spec is not None else "svd",
-                    generator=problem.generator,
-                )
-            info["preconditioner"] = {"name": spec.name if spec else None, "rank": rank}
+            x, more = self._solve_sample(problem, A, b, spec)
         else:
-            problem.stage(f"build {spec.name if spec else 'no'} preconditioner")
-            with timed(times, "precond_build", device):
-                M = None
-                if spec is not None:
-                    M = spec.build(J, damp=self.damp, generator=problem.generator)
-            info["preconditioner"] = {
-                "name": spec.name if spec else None,
-                "rank": getattr(M, "rank", None) if isinstance(spec, Nystrom) else None,
-                "build_time": getattr(M, "build_time", 0.0),
-                "build_matvecs": getattr(M, "build_matvecs", 0),
-                "build_rmatvecs": getattr(M, "build_rmatvecs", 0),
-            }
-            solver = self.setting("solver")
-            problem.stage(solver.upper())
-            with timed(times, "solve", device):
-                res = _SOLVERS[solver](
-                    J,
-                    b,
-                    damp=self.damp,
-                    atol=self.setting("atol"),
-                    btol=self.setting("btol"),
-                    conlim=self.setting("conlim"),
-                    maxiter=self.setting("maxiter"),
-                    M=M,
-                )
-        info["solver"] = res
-        info["iterations"] = res.itn
-        info["times"] = times
+            x, more = self._solve_parameter(problem, A, b, spec)
+        info.update(more)
+        return x.to(J.dtype), info
+
+    def _solve_sample(self, problem, A, b, spec):
+        times: dict[str, float] = {}
+        rank = spec.resolved_rank(A.shape) if spec is not None else None
+        problem.stage("sample-space CG")
+        with timed(times, "solve", A.device):
+            res = solve_sample_space(
+                A,
+                b,
+                damp=self.damp,
+                maxiter=self.setting("maxiter"),
+                tol=self.setting("atol"),
+                precond_rank=rank,
+                precond_method=spec.method if spec is not None else "svd",
+                generator=problem.generator,
+            )
+        info = {
+            "preconditioner": {"name": spec.name if spec else None, "rank": rank},
+            "solver": res,
+            "iterations": res.itn,
+            "times": times,
+            "stop": _stop_text(res, None),
+        }
+        _warn_maxiter(res, info["stop"])
         return res.x, info
+
+    def _solve_parameter(self, problem, A, b, spec):
+        device = A.device
+        times: dict[str, float] = {}
+        saved = self._load_checkpoint() if self.resume is not None else None
+        gen = problem.generator
+        gen_state = _rng_state(gen)
+        if saved is not None:  # rebuild the preconditioner from the same draws
+            _set_rng_state(gen, saved["generator_state"])
+            gen_state = saved["generator_state"]
+        problem.stage(f"build {spec.name if spec else 'no'} preconditioner")
+        with timed(times, "precond_build", device):
+            M = spec.build(A, damp=self.damp, generator=gen) if spec is not None else None
+            damp = self.damp
+            if self.target_rank is not None:
+                damp = _sigma_k(M, self.target_rank)
+                M.set_damp(damp)
+        pinfo = {
+            "name": spec.name if spec else None,
+            "rank": getattr(M, "rank", None) if isinstance(spec, Nystrom) else None,
+            "build_time": getattr(M, "build_time", 0.0),
+            "build_matvecs": getattr(M, "build_matvecs", 0),
+            "build_rmatvecs": getattr(M, "build_rmatvecs", 0),
+        }
+        monitor = _Monitor(self, problem, A)
+        solver = self.setting("solver")
+        problem.stage(solver.upper())
+        kw = dict(
+            damp=damp,
+            atol=self.setting("atol"),
+            btol=self.setting("btol"),
+            conlim=self.setting("conlim"),
+            maxiter=self.setting("maxiter"),
+            M=M,
+            callback=monitor,
+            check_every=1,
+        )
+        if self.checkpoint is not None:
+            kw.update(
+                checkpoint=lambda st: _save_checkpoint(self.checkpoint, st, gen_state),
+                checkpoint_every=self.checkpoint_every,
+            )
+        if saved is not None:
+            kw["resume"] = SolverState.from_dict(saved["solver_state"])
+        interrupted = False
+        with timed(times, "solve", device):
+            try:
+                res = _SOLVERS[solver](A, b, **kw)
+            except SolverInterrupted as err:
+                res = err.result
+                cause = err.__cause__ or err.__context__
+                interrupted = not isinstance(cause, _EarlyStop)
+                if interrupted:
+                    warnings.warn(
+                        f"Krylov: interrupted after {res.itn} iterations; returning the "
+                        + ("best validation iterate" if monitor.best is not None else "latest")
+                        + " iterate (info['interrupted'] is True)",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+        x = res.x
+        if monitor.best is not None:
+            x = monitor.best
+        stop = monitor.reason or _stop_text(res, None)
+        if interrupted:
+            stop = "interrupted (KeyboardInterrupt)"
+        info = {
+            "preconditioner": pinfo,
+            "damp": damp,
+            "solver": res,
+            "iterations": res.itn,
+            "times": times,
+            "stop": stop,
+            "interrupted": interrupted,
+        }
+        if monitor.val_history:
+            info["validation"] = {
+                "history": monitor.val_history,
+                "best_iteration": monitor.best_itn,
+                "best_rel_l2": monitor.best_err,
+            }
+        if not interrupted and monitor.reason is None:
+            _warn_maxiter(res, stop)
+        return x, info
+
+    def _load_checkpoint(self):
+        path = Path(self.resume)
+        if not path.exists():
+            raise FileNotFoundError(f"Krylov.resume: expected a checkpoint file, got {path}")
+        saved = torch.load(path, weights_only=True)
+        if not isinstance(saved, dict) or saved.get("format") != _CHECKPOINT_FORMAT:
+            raise ValueError(
+                f"Krylov.resume: expected a file written by Krylov(checkpoint=...), got {path}"
+            )
+        return saved
+
+
+class _Monitor:
+    """The solver callback: stall rule and validation early stopping, every few iterations."""
+
+    def __init__(self, method: Krylov, problem: Problem, A):
+        self.every = method.check_every
+        self.stall = method.stall
+        self.patience = method.patience
+        self.reason = None
+        self.itn = 0
+        self.normr_at = []
+        self.best = None
+        self.best_err = float("inf")
+        self.best_itn = None
+        self.val_history = []
+        self.waited = 0
+        self.Jv = None
+        if problem.validation is not None:
+            v_in, v_tgt = problem.validation
+            self.Jv = problem.jacobian_at(v_in)
+            self.q0 = self.Jv.residual
+            self.tgt = v_tgt.reshape(-1).to(self.q0.dtype)
+            self.tnorm = float(self.tgt.norm().clamp_min(1e-300))
+            err = float((self.q0 - self.tgt).norm()) / self.tnorm
+            self.val_history.append((0, err))
+        self.A = A
+        self.b = problem.b
+
+    def __call__(self, x):
+        self.itn += 1
+        if self.itn % self.every:
+            return
+        if self.Jv is not None:
+            pred = self.q0 + self.Jv.matvec(x.to(self.Jv.dtype))
+            err = float((pred - self.tgt).norm()) / self.tnorm
+            self.val_history.append((self.itn, err))
+            if err < self.best_err:
+                self.best_err, self.best_itn, self.best = err, self.itn, x.clone()
+                self.waited = 0
+            else:
+                self.waited += 1
+                if self.waited >= self.patience:
+                    self.reason = (
+                        f"validation: no new best in {self.patience} checks "
+                        f"(best at iteration {self.best_itn})"
+                    )
+                    raise _EarlyStop
+            return
+        if self.stall is not None:
+            # ||r|| from the solver's own history is not visible here: recompute it every
+            # check (one product per `every` iterations)
+            normr = float((self.A.matvec(x) - self.b.to(self.A.dtype)).norm())
+            self.normr_at.append(normr)
+            if len(self.normr_at) >= 2:
+                prev = self.normr_at[-2]
+                if prev - normr < self.stall * normr:
+                    self.reason = (
+                        f"stalled: ||r|| fell by less than {self.stall:g} over "
+                        f"{self.every} iterations"
+                    )
+                    raise _EarlyStop
+
+
+def _stop_text(res, _):
+    return f"{int(res.istop)}: {res.message}" if hasattr(res, "message") else str(res.istop)
+
+
+def _warn_maxiter(res, stop):
+    if int(res.istop) == 7:
+        warnings.warn(
+            f"Krylov: stopped at maxiter={res.itn} before any stopping rule was met ({stop}); "
+            "raise maxiter, pass validation= to refine, or loosen atol/btol",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+
+
+def _sigma_k(M, k: int) -> float:
+    lam = getattr(M, "eigenvalues", None)
+    if lam is None or lam.numel() < k:
+        raise ValueError(
+            f"Krylov.target_rank: expected a Nystrom preconditioner of rank >= {k}, got "
+            f"{None if lam is None else lam.numel()}"
+        )
+    return float(lam[k - 1].clamp_min(0).sqrt())
+
+
+def _rng_state(gen):
+    return gen.get_state() if gen is not None else torch.get_rng_state()
+
+
+def _set_rng_state(gen, state):
+    if gen is not None:
+        gen.set_state(state)
+    else:
+        torch.set_rng_state(state)
+
+
+def _save_checkpoint(path, state, gen_state):
+    payload = {
+        "format": _CHECKPOINT_FORMAT,
+        "solver_state": state.to_dict(),
+        "generator_state": gen_state,
+    }
+    tmp = Path(str(path) + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)

@@ -35,14 +35,20 @@ class Products:
         activations per column. On the demo problem 64 was both faster and 2.5x leaner than
         all 610 columns at once (CPU); on a GPU with memory to spare a larger value may be
         faster.
+    batching : {"auto", "vmap", "loop"}
+        How a batch of columns is taken: one ``torch.vmap`` call, or a loop of single
+        products. ``"auto"``: the loop on the CPU and for models with complex parameters,
+        vmap otherwise (see :class:`~lsr_scale.JacobianOperator`).
     """
 
     jvp: str = "auto"
     chunk_size: int | None = None
     batch_size: int | None = 64
+    batching: str = "auto"
 
     def __post_init__(self):
         check_choice(self.jvp, ("auto", "forward", "double_vjp"), "Products.jvp")
+        check_choice(self.batching, ("auto", "vmap", "loop"), "Products.batching")
         if self.chunk_size is not None:
             check_positive_int(self.chunk_size, "Products.chunk_size")
         if self.batch_size is not None:
@@ -58,6 +64,7 @@ class Products:
             chunk_size=self.chunk_size,
             jvp=self.jvp,
             batch_size=self.batch_size,
+            batching=self.batching,
             check=check,
         )
 
@@ -103,16 +110,27 @@ class Method:
     """Base of the refinement methods. Subclasses are frozen dataclasses.
 
     A subclass implements ``solve(problem) -> (delta, info)`` and may override
-    :meth:`uses_validation`, :attr:`stages` and :meth:`check_problem`.
+    :meth:`validation_use`, :meth:`product_dtype`, :attr:`stages` and :meth:`check_problem`.
     """
 
     name = "method"
     #: How many times ``solve`` calls ``problem.stage`` (for the progress bar's total).
     stages = 2
 
-    def uses_validation(self) -> bool:
-        """Whether this configuration uses ``refine(..., validation=...)``."""
-        return False
+    def validation_use(self) -> str:
+        """``"required"``, ``"optional"`` or ``"unused"``: what this configuration does with
+        ``refine(..., validation=...)``. ``refine`` refuses validation data a method would not
+        use, and requires it where it is needed."""
+        return "unused"
+
+    def product_dtype(self, model_dtype: torch.dtype, *, has_data: bool) -> torch.dtype | None:
+        """The dtype to take Jacobian products in, when the user did not pass ``dtype=``.
+
+        ``None`` (the default) means the model's own. A method returning another dtype gets
+        a converted private copy of the model for ``data=`` refinements; the returned
+        :class:`RefinedModel` stays in the model's dtype.
+        """
+        return None
 
     def check_problem(self, *, has_data: bool) -> None:
         """Refuse settings that cannot apply to this kind of problem, before any work."""

@@ -51,13 +51,16 @@ class RefinedModel:
         dtype, this is a private converted copy.
     """
 
-    def __init__(self, model, param_names, delta, info: dict, *, probe_inputs=None):
+    def __init__(self, model, param_names, delta, info: dict, *, probe_inputs=None, io_dtype=None):
         # ``model`` is a private copy holding theta0 (parameters and buffers) at the
         # linearization point; the user's network is never referenced or modified.
         self.model = model
         self.param_names = list(param_names)  # the refined subset, in delta's order
         self.delta = delta
         self.info = info
+        # the dtype of the user's model: inputs of it are accepted, computed in self.dtype
+        # (e.g. float64 after a float64 Krylov solve of a float32 model) and returned in it
+        self.io_dtype = io_dtype or delta.dtype
         # a few data rows whose outputs identify the function on save/load (None for
         # residual_fn refinements, which are identified by a hash of theta0 instead)
         self._probe_inputs = (
@@ -90,9 +93,24 @@ class RefinedModel:
         """Evaluate the linear predictor on model inputs (a tensor or a tuple of tensors).
 
         Inputs are split along their first dimension into batches of ``batch_size`` rows
-        (None: one batch). They must already have the refined model's dtype and device.
+        (None: one batch). They must have the refined model's device, and its dtype
+        (:attr:`dtype`) or the dtype of the model that was refined (:attr:`io_dtype`): when
+        ``refine`` solved in a wider precision than the model's, inputs of the model's dtype
+        are widened, the predictor is evaluated in :attr:`dtype`, and the output comes back in
+        the inputs' dtype.
         """
         inputs = _as_tuple(inputs)
+        first = next((x for x in inputs if isinstance(x, torch.Tensor)), None)
+        narrow = (
+            first is not None
+            and first.is_floating_point()
+            and first.dtype == self.io_dtype != self.dtype
+        )
+        if narrow:
+            inputs = tuple(
+                x.to(self.dtype) if isinstance(x, torch.Tensor) and x.dtype == self.io_dtype else x
+                for x in inputs
+            )
         check_inputs(
             inputs, "inputs", self.dtype, self.device, whose="the refined model's", allow_empty=True
         )
@@ -105,7 +123,8 @@ class RefinedModel:
             with torch.no_grad():
                 out, dout = module_jvp(self.model, chunk, tangents)
             outs.append(out + dout)
-        return torch.cat(outs, dim=0)
+        out = torch.cat(outs, dim=0)
+        return out.to(self.io_dtype) if narrow else out
 
     __call__ = predict
 
@@ -129,6 +148,7 @@ class RefinedModel:
         payload = {
             "format": _FORMAT,
             "version": _VERSION,
+            "io_dtype": str(self.io_dtype).removeprefix("torch."),
             "model_class": type(self.model).__qualname__,
             "signature": _param_signature(self.model),
             "param_names": list(self.param_names),
@@ -227,7 +247,16 @@ class RefinedModel:
                     f"on {ref.shape[0]} stored inputs at theta0), got outputs that differ by "
                     f"{diff:.3e} (tolerance {tol:.1e}): another activation or architecture?"
                 )
-        return cls(work, payload["param_names"], delta.to(dev), payload["info"], probe_inputs=probe)
+        io = payload.get("io_dtype")
+        io_dtype = getattr(torch, io) if isinstance(io, str) else None
+        return cls(
+            work,
+            payload["param_names"],
+            delta.to(dev),
+            payload["info"],
+            probe_inputs=probe,
+            io_dtype=io_dtype,
+        )
 
     def __repr__(self) -> str:
         return (

@@ -189,16 +189,23 @@ def refine(
             "Products.chunk_size: applies to data= refinements (a residual_fn chooses its own "
             "rows), got it with residual_fn"
         )
-    if validation is not None and not method.uses_validation():
+    use = method.validation_use()
+    if validation is not None and use == "unused":
         raise ValueError(
-            f"validation: not used by {method!r}; pass it with ls.Subspace(rank='auto'), or "
-            "leave it out"
+            f"validation: not used by {method!r}; pass it with ls.Subspace(rank='auto') or "
+            "ls.Krylov(), or leave it out"
         )
-    if validation is None and method.uses_validation():
+    if validation is None and use == "required":
         raise ValueError(f"validation: expected (inputs, targets) for {method!r}, got None")
     method.check_problem(has_data=data is not None)
 
     model_dtype, device = _check_model(model)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype: expected a floating torch.dtype or None, got {dtype!r}")
+    # the precision the user asked for (dtype=), else the one the method takes products in
+    out_dtype = dtype or model_dtype
+    if dtype is None and data is not None:
+        dtype = method.product_dtype(model_dtype, has_data=True)
     work = model
     if dtype is not None and dtype != model_dtype:
         if residual_fn is not None:
@@ -266,7 +273,8 @@ def refine(
     info.update(
         method=method.name,
         settings=method,
-        dtype=str(wdtype),
+        dtype=str(out_dtype),
+        product_dtype=str(wdtype),
         device=str(device),
         n_rows=n,
         n_params=m,
@@ -281,5 +289,10 @@ def refine(
         num_vjp=J.num_rmatvecs,
     )
     info.setdefault("rank", None)
+    # when the method chose a wider product precision than the model's, the predictor is
+    # evaluated in it (rounding delta to the model's dtype would cost accuracy) and takes and
+    # returns the model's dtype (RefinedModel.io_dtype)
     frozen = work if work is not model else copy.deepcopy(model)
-    return RefinedModel(frozen, J.param_names, delta.detach(), info, probe_inputs=inputs)
+    return RefinedModel(
+        frozen, J.param_names, delta.detach(), info, probe_inputs=inputs, io_dtype=out_dtype
+    )

@@ -245,8 +245,8 @@ class Subspace(Method):
                         f"rank k, expected 0, got {getattr(self, name)}"
                     )
 
-    def uses_validation(self) -> bool:
-        return self.rank == "auto"
+    def validation_use(self) -> str:
+        return "required" if self.rank == "auto" else "unused"
 
     def check_problem(self, *, has_data: bool) -> None:
         if self.subspace == "output" and self.subspace_inputs is None and not has_data:
