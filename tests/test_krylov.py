@@ -239,3 +239,31 @@ def test_checkpoint_and_resume_give_the_same_iterates(mlp32, tmp_path, monkeypat
     )
     assert resumed.info["iterations"] == 30
     assert torch.equal(resumed.delta, full.delta)
+
+
+def test_ctrl_c_in_a_rank_scan_keeps_the_best_rank_so_far(mlp32, monkeypatch):
+    from lsr_scale.refine import _subspace
+
+    prob, model = mlp32
+    calls = {"n": 0}
+    orig = _subspace.solve_reduced
+
+    def solve(A, b, rcond=None):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third candidate of the scan
+            raise KeyboardInterrupt
+        return orig(A, b, rcond)
+
+    monkeypatch.setattr(_subspace, "solve_reduced", solve)
+    xv, yv = prob.x_test[::7], prob.y_test[::7]
+    with pytest.warns(RuntimeWarning, match="rank scan interrupted after 2 of 4"):
+        r = ls.refine(
+            model,
+            data=(prob.x_train, prob.y_train),
+            method=ls.Subspace(rank="auto", rank_candidates=[5, 10, 20, 40]),
+            validation=(xv, yv),
+            generator=torch.Generator().manual_seed(0),
+        )
+    assert r.info["interrupted"] is True
+    assert [s["rank"] for s in r.info["rank_scan"]] == [5, 10]
+    assert r.info["rank"] in (5, 10)

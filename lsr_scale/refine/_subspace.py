@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -323,9 +324,10 @@ class Subspace(Method):
             if use_dense:
                 A = matmat_in_blocks(J, P, batch)
                 if auto:
-                    k_best, scan = self._scan_ranks(A, b, P, problem, k)
+                    k_best, scan, interrupted = self._scan_ranks(A, b, P, problem, k)
                     info["rank_scan"] = scan
                     info["rank"] = k_best
+                    info["interrupted"] = interrupted
                     A, P = A[:, :k_best], P[:, :k_best]
                 c = solve_reduced(A, b, self.rcond)
                 info["solver"] = {"kind": "truncated_svd_lstsq", "rcond": self.rcond}
@@ -400,13 +402,25 @@ class Subspace(Method):
                 f"got {list(self.rank_candidates)}"
             )
         scan = []
-        for kc in cands:
-            c = solve_reduced(A[:, :kc], b, self.rcond)
-            pred = q0 + JvP[:, :kc] @ c
-            err = float((pred - tgt).norm() / tgt.norm().clamp_min(1e-300))
-            scan.append({"rank": kc, "val_rel_l2": err})
+        interrupted = False
+        try:
+            for kc in cands:
+                c = solve_reduced(A[:, :kc], b, self.rcond)
+                pred = q0 + JvP[:, :kc] @ c
+                err = float((pred - tgt).norm() / tgt.norm().clamp_min(1e-300))
+                scan.append({"rank": kc, "val_rel_l2": err})
+        except KeyboardInterrupt:
+            if not scan:
+                raise
+            interrupted = True  # keep the best rank scanned so far
+            warnings.warn(
+                f"Subspace: rank scan interrupted after {len(scan)} of {len(cands)} ranks; "
+                "returning the best so far (info['interrupted'] is True)",
+                RuntimeWarning,
+                stacklevel=5,
+            )
         best = min(scan, key=lambda r: r["val_rel_l2"])["rank"]
-        return best, scan
+        return best, scan, interrupted
 
 
 def _embed(delta, idx, m):
