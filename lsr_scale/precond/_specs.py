@@ -44,6 +44,8 @@ def default_nystrom_rank(shape) -> int:
 class Nystrom:
     """Randomized Nystrom preconditioner of ``A^T A + damp^2 I`` (Frangella-Tropp-Udell 2023).
 
+    See :class:`NystromPreconditioner` for the operator it builds.
+
     Parameters
     ----------
     rank : int, optional
@@ -62,8 +64,6 @@ class Nystrom:
         Keep only the directions with ``sigma_i >= floor * sigma_1``: below the noise floor
         of the products' precision a preconditioner amplifies rounding.
         :class:`lsr_scale.Krylov` sets it for float32 products (``precision="mixed"``).
-
-    See :class:`NystromPreconditioner` for the operator it builds.
     """
 
     rank: int | None = None
@@ -117,15 +117,15 @@ class Nystrom:
 class Sketch:
     """Sketch-and-precondition (Blendenpik / LSRN) for tall operators: ``S A = Q R``, ``M = R^-1``.
 
+    See :class:`SketchPreconditioner` for the operator it builds. The damping of the problem
+    does not enter the build.
+
     Parameters
     ----------
     sketch_size : int, optional
         Rows of the sketch (default ``4 m``).
     sketch : {"sparse_sign", "gaussian", "srht"}
         The embedding.
-
-    See :class:`SketchPreconditioner` for the operator it builds. The damping of the problem
-    does not enter the build.
     """
 
     sketch_size: int | None = None

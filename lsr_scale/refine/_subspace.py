@@ -112,6 +112,8 @@ class Subspace(Method):
         Refine a random ``fraction`` of the parameter entries (the authors' p), drawn from the
         generator; the other entries keep their trained values. Default: all.
 
+    Notes
+    -----
     ``reduced="streamed"`` solves the reduced problem from the Gram of ``G0 P``, taken a batch
     of columns at a time (never stored), by a nested Cholesky factorization;
     ``info["train_loss_by_rank"]`` then holds the linearized training loss of every rank.
