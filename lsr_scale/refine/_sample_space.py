@@ -110,7 +110,7 @@ def solve_sample_space(
     Examples
     --------
     >>> import torch
-    >>> from lsr_scale.refine._sample_space import solve_sample_space
+    >>> from lsr_scale.refine import solve_sample_space
     >>> J = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]], dtype=torch.float64)
     >>> res = solve_sample_space(J, torch.tensor([1.0, 2.0], dtype=torch.float64), tol=1e-12)
     >>> torch.allclose(res.x, torch.linalg.pinv(J) @ torch.tensor([1.0, 2.0],
