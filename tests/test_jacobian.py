@@ -98,12 +98,14 @@ def mlp_problem():
 
 
 # ---------------------------------------------------------------------- products
+@pytest.mark.parametrize("batching", ["vmap", "loop"])
 @pytest.mark.parametrize("jvp,linearize,cache", MODES, ids=MODE_IDS)
-def test_mlp_products(mlp_problem, generator, jvp, linearize, cache):
+def test_mlp_products(mlp_problem, generator, jvp, linearize, cache, batching):
     model, X, Y = mlp_problem
     J = JacobianOperator.from_module(
-        model, X, Y, jvp=jvp, linearize=linearize, cache=cache, batch_size=2
+        model, X, Y, jvp=jvp, linearize=linearize, cache=cache, batch_size=2, batching=batching
     )
+    assert J.batching == batching
     f, params = module_fn(model, (X,), Y)
     assert J.jvp_mode == jvp
     assert J.uses_linearize == (jvp == "forward" and cache and linearize is not False)
@@ -112,14 +114,22 @@ def test_mlp_products(mlp_problem, generator, jvp, linearize, cache):
     check_products(J, dense_jacobian(f, params), generator)
 
 
+@pytest.mark.parametrize("batching", ["vmap", "loop"])
 @pytest.mark.parametrize("jvp,linearize,cache", MODES, ids=MODE_IDS)
-def test_deeponet_products(generator, jvp, linearize, cache):
+def test_deeponet_products(generator, jvp, linearize, cache, batching):
     model = DeepONet()
     gen = torch.Generator().manual_seed(5)
     U, Yq = torch.rand(6, 4, dtype=F64, generator=gen), torch.rand(6, 1, dtype=F64, generator=gen)
     S = torch.rand(6, 1, dtype=F64, generator=gen)
     J = JacobianOperator.from_module(
-        model, (U, Yq), S, jvp=jvp, linearize=linearize, cache=cache, chunk_size=4
+        model,
+        (U, Yq),
+        S,
+        jvp=jvp,
+        linearize=linearize,
+        cache=cache,
+        chunk_size=4,
+        batching=batching,
     )
     assert J.num_blocks == 2 and J.module_output_shape == (6, 1)
     f, params = module_fn(model, (U, Yq), S)
@@ -225,7 +235,9 @@ def test_fallbacks_for_custom_functions(generator):
     params = {"x": torch.randn(3, dtype=F64, generator=generator)}
     Jd = A * 2 * params["x"]
     # No vmap rule: batched products fall back to a loop over columns, once, with a warning.
-    J = JacobianOperator(lambda p: A @ _Square.apply(p["x"]), params, linearize=False)
+    J = JacobianOperator(
+        lambda p: A @ _Square.apply(p["x"]), params, linearize=False, batching="vmap"
+    )
     assert J.vmap_error is None  # construction takes single columns only
     with pytest.warns(RuntimeWarning, match="vmap cannot batch"):
         check_products(J, Jd, generator)
@@ -280,6 +292,9 @@ def test_variants_agree(mlp_problem, generator):
         dict(chunk_size=1, batch_size=1),
         dict(chunk_size=100),
         dict(batch_size=4),
+        dict(batching="vmap"),
+        dict(batching="vmap", batch_size=2, chunk_size=3),
+        dict(batching="loop", batch_size=2),
     ]:
         J = JacobianOperator.from_module(model, X, Y, **kwargs)
         torch.testing.assert_close(J.residual, ref.residual, rtol=1e-13, atol=1e-14)

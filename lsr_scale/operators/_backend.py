@@ -6,22 +6,24 @@ a back end only takes products of one row block with a group of columns:
 * ``matmat(i, V, groups)``: ``J_i @ V`` for ``V`` of shape ``(m, k)``, shape ``(n_i, k)``;
 * ``rmatmat(i, W, groups)``: ``J_i^T @ W`` for ``W`` of shape ``(n_i, k)``, shape ``(m, k)``;
 
-where ``groups`` are column slices taken together in one batched (``vmap``) product.
+where ``groups`` are column slices taken together in one batched (``vmap``) product when
+the back end's ``batching`` is ``"vmap"``, one column at a time when it is ``"loop"`` (the
+rule that chooses between them is in :mod:`lsr_scale.operators._products`).
 Two back ends exist: :class:`~lsr_scale.operators._forward.ForwardBackend` (``torch.func``)
 and :class:`~lsr_scale.operators._double_vjp.DoubleVJPBackend` (plain autograd graphs).
 
 Batched products and their one fallback
 ---------------------------------------
-A group of ``k > 1`` columns is one ``torch.vmap`` call (``is_grads_batched`` for autograd,
-which is vmap inside). A residual that vmap cannot batch, e.g. a custom
-``torch.autograd.Function`` without a vmap rule, or data-dependent control flow on a
-batched tensor, makes vmap raise. Exactly that case is caught: a ``RuntimeError`` or
-``NotImplementedError`` (never out-of-memory) whose message names vmap or a batching rule
-(:func:`is_vmap_error`). The same group is then computed one column at a time; if that
-succeeds, the back end records the vmap error in ``vmap_error``, warns once, and takes every
-later group one column at a time as well (the residual is the same, so vmap would fail the
-same way). If the loop fails too, its error propagates: the bug is not vmap's. Any other
-error propagates at once.
+With ``batching="vmap"``, a group of ``k > 1`` columns is one ``torch.vmap`` call
+(``is_grads_batched`` for autograd, which is vmap inside). A residual that vmap cannot
+batch, e.g. a custom ``torch.autograd.Function`` without a vmap rule, or data-dependent
+control flow on a batched tensor, makes vmap raise. Exactly that case is caught: a
+``RuntimeError`` or ``NotImplementedError`` (never out-of-memory) whose message names vmap
+or a batching rule (:func:`is_vmap_error`). The same group is then computed one column at a
+time; if that succeeds, the back end records the vmap error in ``vmap_error``, warns once,
+and takes every later group one column at a time as well (the residual is the same, so vmap
+would fail the same way). If the loop fails too, its error propagates: the bug is not
+vmap's. Any other error propagates at once.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class Backend:
         The shape of each block's residual.
     cache : bool
         Keep what is built once per block (the subclass says what).
+    batching : {"vmap", "loop"}
+        How a group of columns is taken: one ``vmap`` call, or a loop of single products.
 
     Attributes
     ----------
@@ -96,12 +100,22 @@ class Backend:
     mode = ""
     uses_linearize = False
 
-    def __init__(self, fns, params, block_shapes, *, cache: bool) -> None:
+    def __init__(self, fns, params, block_shapes, *, cache: bool, batching: str = "vmap"):
         self.fns = fns
         self.params = params
         self.block_shapes = block_shapes
         self.cache = cache
+        self.batching = batching
         self.vmap_error: str | None = None
+
+    def split_block(self, i: int) -> None:
+        """Rebuild the per-block state after the caller split block ``i`` into two.
+
+        ``fns`` and ``block_shapes`` (the caller's lists) already hold the two halves at
+        ``i`` and ``i + 1``; the state built for the whole block is dropped first, so that
+        its memory is free before the halves' state is built.
+        """
+        raise NotImplementedError  # pragma: no cover - abstract
 
     def matmat(self, i: int, V: torch.Tensor, groups: list[slice]) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover - abstract
@@ -113,10 +127,10 @@ class Backend:
         """``batched()`` (all ``k`` columns at once), or ``column(j)`` for each ``j`` stacked.
 
         ``batched`` returns a ``(d, k)`` matrix and ``column(j)`` a ``(d,)`` vector. One column,
-        or a back end that vmap cannot batch, takes the loop; the fallback from a failed vmap
-        is the narrow one described in the module doc.
+        ``batching="loop"``, or a back end that vmap cannot batch, takes the loop; the
+        fallback from a failed vmap is the narrow one described in the module doc.
         """
-        if k > 1 and self.vmap_error is None:
+        if k > 1 and self.batching == "vmap" and self.vmap_error is None:
             try:
                 return batched()
             except (RuntimeError, NotImplementedError) as err:

@@ -41,8 +41,10 @@ class DoubleVJPBackend(Backend):
 
     mode = "double_vjp"
 
-    def __init__(self, fns, params, block_shapes, *, cache: bool, check_output) -> None:
-        super().__init__(fns, params, block_shapes, cache=cache)
+    def __init__(
+        self, fns, params, block_shapes, *, cache: bool, check_output, batching: str = "vmap"
+    ) -> None:
+        super().__init__(fns, params, block_shapes, cache=cache, batching=batching)
         self._check_output = check_output
         self._graphs = None
         if cache:
@@ -52,6 +54,11 @@ class DoubleVJPBackend(Backend):
         V = torch.zeros(m, 1, dtype=first.dtype, device=first.device)
         graph = self._graphs[0] if cache else self._build_graph(0, need_g=True)
         self._jvp(graph, V, retain=cache)
+
+    def split_block(self, i: int) -> None:
+        if self._graphs is not None:
+            self._graphs[i] = None
+            self._graphs[i : i + 1] = [self._build_graph(j, need_g=True) for j in (i, i + 1)]
 
     def _build_graph(self, i: int, need_g: bool):
         """Leaf copies of theta0, ``r = f(leaves)`` and (optionally) ``g = J^T u``."""

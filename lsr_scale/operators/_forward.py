@@ -91,12 +91,22 @@ class ForwardBackend(Backend):
 
     mode = "forward"
 
-    def __init__(self, fns, params, block_shapes, *, cache: bool, linearize: bool, probe: bool):
-        super().__init__(fns, params, block_shapes, cache=cache)
+    def __init__(
+        self,
+        fns,
+        params,
+        block_shapes,
+        *,
+        cache: bool,
+        linearize: bool,
+        probe: bool,
+        batching: str = "vmap",
+    ):
+        super().__init__(fns, params, block_shapes, cache=cache, batching=batching)
         self.linearize_error: str | None = None
         self.linearize_exception: BaseException | None = None
         self._vjp_fns = [tfunc.vjp(fn, params)[1] for fn in fns] if cache else None
-        self._lin_fns = self._linearize() if (cache and linearize) else None
+        self._lin_fns = self._linearize(fns) if (cache and linearize) else None
         self.uses_linearize = self._lin_fns is not None
         first = next(iter(params.values()))
         if (probe and not self.uses_linearize) or self.linearize_error is not None:
@@ -106,12 +116,12 @@ class ForwardBackend(Backend):
             w = probe_vector(math.prod(block_shapes[0]), first.dtype, first.device)[:, None]
             self._vjp(tfunc.vjp(fns[0], params)[1], 0, w)
 
-    def _linearize(self):
+    def _linearize(self, fns):
         try:
             with warnings.catch_warnings():
                 # torch.fx const-folding inside linearize warns about get_attr nodes.
                 warnings.filterwarnings("ignore", message=".*get_attr Node.*")
-                return [tfunc.linearize(fn, self.params)[1] for fn in self.fns]
+                return [tfunc.linearize(fn, self.params)[1] for fn in fns]
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as err:
@@ -122,6 +132,20 @@ class ForwardBackend(Backend):
             self.linearize_error = f"{type(err).__name__}: {err}"
             self.linearize_exception = err
             return None
+
+    def split_block(self, i: int) -> None:
+        halves = self.fns[i : i + 2]
+        if self._vjp_fns is not None:
+            self._vjp_fns[i] = None
+            self._vjp_fns[i : i + 1] = [tfunc.vjp(fn, self.params)[1] for fn in halves]
+        if self._lin_fns is not None:
+            self._lin_fns[i] = None
+            lin = self._linearize(halves)
+            if lin is None:  # traced the whole block, so not expected; fresh JVPs still work
+                self._lin_fns = None
+                self.uses_linearize = False
+            else:
+                self._lin_fns[i : i + 1] = lin
 
     # ------------------------------------------------------------------ one group
     def _jvp(self, i: int, V: torch.Tensor) -> torch.Tensor:

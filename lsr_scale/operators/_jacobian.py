@@ -9,11 +9,15 @@ products themselves come from one of two back ends:
 * :class:`~lsr_scale.operators._double_vjp.DoubleVJPBackend`: the double-VJP trick on plain
   autograd graphs, for residuals written with ``torch.autograd.grad``.
 
-Nothing of size ``n x m`` is ever formed.
+How columns are batched and what happens when memory runs out is in
+:mod:`lsr_scale.operators._products`; how complex parameters become real columns, in
+:mod:`lsr_scale.operators._params`. The construction checks are in
+:mod:`lsr_scale.operators._jacobian_checks`. Nothing of size ``n x m`` is ever formed.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -25,15 +29,26 @@ from .._checks import (
     check_choice,
     check_matrix,
     check_positive_int,
-    check_tensor_dict,
     describe,
 )
-from ._backend import Backend, probe_vector
+from ._backend import Backend
 from ._base import LinearOperator
 from ._double_vjp import DoubleVJPBackend
 from ._forward import ForwardBackend, is_untransformable
+from ._jacobian_checks import check_all_params_used, check_deterministic, check_finite_blocks
 from ._module import check_module_inputs, module_jvp, module_residual
-from ._params import flatten_params, select_param_names, unflatten_params
+from ._params import (
+    as_complex,
+    check_param_dict,
+    complex_keys,
+    flatten_params,
+    real_dtype,
+    real_numel,
+    real_view,
+    select_param_names,
+    unflatten_params,
+)
+from ._products import BATCHINGS, BlockProducts, resolve_batching
 
 __all__ = ["JacobianOperator", "flatten_params", "unflatten_params", "module_jvp"]
 
@@ -42,18 +57,15 @@ _select_param_names = select_param_names
 
 _JVP_MODES = ("auto", "forward", "double_vjp")
 
-# Two identical calls may differ by this many units of the dtype's eps times the size of the
-# terms (see JacobianOperator, check=True): room for nondeterministic reductions on GPUs.
-_DETERMINISM_EPS = 256
 
-
-class JacobianOperator(LinearOperator):
+class JacobianOperator(BlockProducts, LinearOperator):
     r"""Jacobian of a residual with respect to parameters, ``J = d vec(f) / d vec(theta)``.
 
     The operator has shape ``(n, m)``: ``n`` is the number of residual entries (the residual
     flattened row-major) and ``m`` the total number of parameter entries (tensors in the
-    dict's insertion order, each flattened row-major). ``J @ v`` is a Jacobian-vector product
-    (JVP) and ``J.T @ w`` a vector-Jacobian product (VJP); neither forms ``J``.
+    dict's insertion order, each flattened row-major; a complex entry counts twice, see
+    Notes). ``J @ v`` is a Jacobian-vector product (JVP) and ``J.T @ w`` a vector-Jacobian
+    product (VJP); neither forms ``J``.
 
     Parameters
     ----------
@@ -62,9 +74,11 @@ class JacobianOperator(LinearOperator):
         such callables defines *row blocks* whose flattened residuals are stacked in order;
         this is how the rows are chunked to bound memory.
     params : dict of str to torch.Tensor
-        The linearization point ``theta0``: floating tensors of one dtype on one device.
-        Detached references are stored and never written into. The operator takes their
-        dtype and device; the residual must have the same.
+        The linearization point ``theta0``: floating tensors of one dtype on one device, and
+        complex tensors of the matching precision (``complex64`` with ``float32``,
+        ``complex128`` with ``float64``). Detached references are stored and never written
+        into. The operator takes their real dtype and their device; the residual must have
+        the same (a real residual).
     jvp : {"auto", "forward", "double_vjp"}
         The back end. ``"forward"``: ``torch.func`` (forward-mode JVP, ``torch.func.vjp``).
         ``"double_vjp"``: plain ``torch.autograd``, for residuals that call
@@ -86,7 +100,13 @@ class JacobianOperator(LinearOperator):
         does not depend on timing. Ignored by the double-VJP back end. ``True`` needs
         ``cache=True``.
     batch_size : int, optional
-        Columns per ``vmap`` group in ``matmat``/``rmatmat`` (``None``: all at once).
+        Columns per group in ``matmat``/``rmatmat`` (``None``: all at once): one ``vmap``
+        call per group with ``batching="vmap"``. Halved when a group runs out of memory.
+    batching : {"auto", "vmap", "loop"}
+        How a group of columns is taken: ``"vmap"`` batches it in one ``torch.vmap`` call
+        (memory grows with ``batch_size``), ``"loop"`` takes one column at a time.
+        ``"auto"`` is a rule, not a timing: ``"loop"`` on the CPU and whenever a parameter
+        is complex, ``"vmap"`` otherwise (real parameters on a GPU); see Notes.
     cache : bool
         Cache the per-block VJP (and linearization / autograd graphs) built at construction.
         With ``False`` nothing is kept and every product recomputes the forward pass.
@@ -103,6 +123,10 @@ class JacobianOperator(LinearOperator):
         ``vec(f(theta0))``, detached, shape ``(n,)``.
     jvp_mode : str
         The resolved back end, ``"forward"`` or ``"double_vjp"``.
+    batching : str
+        The resolved batching, ``"vmap"`` or ``"loop"``.
+    complex_params : tuple of str
+        The names of the complex parameters (refined as real pairs).
     jvp_fallback_reason : str or None
         Why ``jvp="auto"`` resolved to ``"double_vjp"`` (the forward-mode error), else None.
     uses_linearize : bool
@@ -114,7 +138,7 @@ class JacobianOperator(LinearOperator):
         that vmap cannot batch switched the operator to one column at a time (see
         :mod:`lsr_scale.operators._backend`; a ``RuntimeWarning`` says so once).
     row_slices : list of slice
-        The rows of each block.
+        The rows of each block (more blocks after an out-of-memory split; see Notes).
     num_blocks : int
 
     Raises
@@ -124,13 +148,36 @@ class JacobianOperator(LinearOperator):
         the rows), outputs that change between identical calls, or parameter tensors that
         do not affect the residual.
     TypeError
-        Bad argument types, or a residual whose dtype differs from the parameters'.
+        Bad argument types, or a residual whose dtype differs from the parameters' (real)
+        dtype.
     RuntimeError
         The residual cannot be differentiated by the chosen back end (by neither, with
         ``jvp="auto"``), or ``linearize=True`` and torch cannot linearize it.
 
     Notes
     -----
+    Complex parameters: a complex tensor ``p`` is refined as two real ones, its real and
+    imaginary parts. Its columns are those of ``torch.view_as_real(p)`` (shape
+    ``(*p.shape, 2)``; the pairs ``(Re, Im)`` in row-major order), and the residual receives
+    the complex tensor rebuilt from them, so every product is real-linear in real columns.
+    :func:`~lsr_scale.operators.flatten_params` and
+    :func:`~lsr_scale.operators.unflatten_params` use the same order.
+
+    Batching (``batching="auto"``): on a 2-core x86 CPU with one thread, ``vmap`` over 64
+    columns was 2 to 4 times faster per column than a loop only for tiny, overhead-bound
+    products (200-row MLPs and DeepONets, a small Fourier-layer model), and 1.3 to 2.7 times
+    slower for larger ones (2,000-row MLPs and DeepONets, an FNO-sized model; 3.8 times on
+    neuraloperator's FNO), so the CPU loops (``bench/results/batching_cpu.md``). On a GPU,
+    ``vmap`` turns ``k`` small kernel launches into one and real parameters batch; complex
+    FFT graphs loop on every device. The rule reads only the device and the dtypes; pass
+    ``batching="vmap"`` for small models on the CPU.
+
+    Out of memory: a product that raises ``torch.OutOfMemoryError`` is retried with half the
+    columns per ``vmap`` group, then (one column not fitting) with half the rows per row
+    block for operators built by :meth:`from_module`; a ``RuntimeWarning`` says what
+    changed, and the smaller size stays for later products. See
+    :mod:`lsr_scale.operators._products`.
+
     Construction checks (``check=True``), all on fixed vectors, none random:
 
     * *finite*: every residual entry is finite; the message names the first bad rows.
@@ -149,8 +196,8 @@ class JacobianOperator(LinearOperator):
     forward passes on an H100, and 1.2 to 2.7 times faster on a 2-core x86 CPU (torch 2.13,
     one thread; MLPs, a DeepONet, a conv net and a physics-informed residual with nested
     ``torch.func.grad``), which is why ``linearize="auto"`` linearizes on every device.
-    ``matmat`` and ``rmatmat`` ``vmap`` the product over ``batch_size`` columns at a time,
-    so their memory grows with ``batch_size``.
+    With ``batching="vmap"``, ``matmat`` and ``rmatmat`` ``vmap`` the product over
+    ``batch_size`` columns at a time, so their memory grows with ``batch_size``.
 
     Memory: with ``cache=True`` the cached VJP holds the activations of a forward pass over
     every block (the same as one training step's saved tensors), and a linearization holds
@@ -189,13 +236,15 @@ class JacobianOperator(LinearOperator):
         jvp: str = "auto",
         linearize="auto",
         batch_size: int | None = None,
+        batching: str = "auto",
         cache: bool = True,
         check: bool = True,
     ) -> None:
-        params = check_tensor_dict(params, "params")
+        params = check_param_dict(params, "params")
         fns = check_callables(residual_fn, "residual_fn")
         check_choice(jvp, _JVP_MODES, "jvp")
         check_auto_or_bool(linearize, "linearize")
+        check_choice(batching, BATCHINGS, "batching")
         if batch_size is not None:
             batch_size = check_positive_int(batch_size, "batch_size")
         if linearize is True and not cache:
@@ -206,49 +255,80 @@ class JacobianOperator(LinearOperator):
 
         theta0 = {k: v.detach() for k, v in params.items()}
         first = next(iter(theta0.values()))
-        self._fns = fns
         self.params = theta0
         self.param_names = list(theta0)
+        self.complex_params = complex_keys(theta0)
+        # the parameter space the back ends differentiate: complex tensors as real pairs
+        self._real_params = real_view(theta0)
+        self._fns = [self._wrap(fn) for fn in fns]
         self.batch_size = batch_size
+        self.batching = resolve_batching(batching, first.device, bool(self.complex_params))
         self.cache = bool(cache)
+        self._row_bounds = self._row_maker = None  # set by from_module: rows can be split
 
         # 1) plain evaluation, outside any transform: shapes, dtype, device, finiteness.
         #    A residual that fails here fails with its own error, before any back end.
         plain = [self._eval_block(i) for i in range(len(fns))]
         self._block_shapes = [tuple(r.shape) for r in plain]
-        starts = [0]
-        for r in plain:
-            starts.append(starts[-1] + int(r.numel()))
-        self.row_slices = [slice(starts[i], starts[i + 1]) for i in range(len(fns))]
-        self.num_blocks = len(fns)
-        n, m = starts[-1], sum(int(t.numel()) for t in theta0.values())
+        self._set_row_slices()
+        n, m = self.row_slices[-1].stop, sum(real_numel(t) for t in theta0.values())
         if n == 0:
             raise ValueError("residual_fn: expected a non-empty residual, got 0 entries")
-        super().__init__((n, m), first.dtype, first.device)
+        super().__init__((n, m), real_dtype(first.dtype), first.device)
         if check:
-            self._check_finite_rows(plain)
+            check_finite_blocks(plain)
 
         # 2) the back end
         self.jvp_fallback_reason: str | None = None
         self.linearize_error: str | None = None
         self._backend = self._make_backend(jvp, linearize)
-        self.jvp_mode = self._backend.mode
-        self.uses_linearize = self._backend.uses_linearize
         self.residual = torch.cat([r.reshape(-1) for r in plain])
 
         # 3) checks that need products
         if check:
-            self._check_deterministic(plain)
-            self._check_all_params_used()
+            check_deterministic(self, plain)
+            check_all_params_used(self)
+
+    @property
+    def jvp_mode(self) -> str:
+        """The resolved back end, ``"forward"`` or ``"double_vjp"``."""
+        return self._backend.mode
+
+    @property
+    def uses_linearize(self) -> bool:
+        """Whether the forward-mode JVP runs through a cached ``torch.func.linearize``."""
+        return self._backend.uses_linearize
 
     @property
     def vmap_error(self) -> str | None:
         """None while column groups are batched with ``vmap``; else the vmap error."""
         return self._backend.vmap_error
 
+    @property
+    def num_blocks(self) -> int:
+        """The number of row blocks."""
+        return len(self._fns)
+
     # ------------------------------------------------------------------ setup
+    def _wrap(self, fn):
+        """``fn`` as a function of the real parameter space (complex tensors as pairs)."""
+        keys = self.complex_params
+        if not keys:
+            return fn
+
+        def residual(p):
+            return fn(as_complex(p, keys))
+
+        return residual
+
+    def _set_row_slices(self) -> None:
+        starts = [0]
+        for shape in self._block_shapes:
+            starts.append(starts[-1] + math.prod(shape))
+        self.row_slices = [slice(starts[i], starts[i + 1]) for i in range(len(self._fns))]
+
     def _eval_block(self, i: int) -> torch.Tensor:
-        r = self._fns[i](self.params)
+        r = self._fns[i](self._real_params)
         self._check_output(r, i)
         return r.detach()
 
@@ -257,9 +337,11 @@ class JacobianOperator(LinearOperator):
         if not isinstance(r, torch.Tensor):
             raise TypeError(f"{what}: expected to return a torch.Tensor, got {describe(r)}")
         first = next(iter(self.params.values()))
-        if r.dtype != first.dtype:
+        dtype = real_dtype(first.dtype)
+        if r.dtype != dtype:
             raise TypeError(
-                f"{what}: expected a residual of the parameters' dtype {first.dtype}, got {r.dtype}"
+                f"{what}: expected a residual of the parameters' (real) dtype {dtype}, got "
+                f"{r.dtype}"
             )
         if r.device != first.device:
             raise ValueError(
@@ -269,15 +351,16 @@ class JacobianOperator(LinearOperator):
 
     def _make_backend(self, jvp: str, linearize) -> Backend:
         """The back end for ``jvp`` and ``linearize``, by the rules in the class docstring."""
-        args = (self._fns, self.params, self._block_shapes)
+        args = (self._fns, self._real_params, self._block_shapes)
+        kw = dict(cache=self.cache, batching=self.batching)
         if jvp == "double_vjp":
-            return DoubleVJPBackend(*args, cache=self.cache, check_output=self._check_output)
+            return DoubleVJPBackend(*args, check_output=self._check_output, **kw)
         try:
             backend = ForwardBackend(
                 *args,
-                cache=self.cache,
                 linearize=linearize is True or (linearize == "auto" and self.cache),
                 probe=jvp == "auto",
+                **kw,
             )
         except (RuntimeError, NotImplementedError) as err:
             if jvp == "forward":
@@ -291,7 +374,7 @@ class JacobianOperator(LinearOperator):
                 raise
             self.jvp_fallback_reason = f"{type(err).__name__}: {err}"
             try:
-                return DoubleVJPBackend(*args, cache=self.cache, check_output=self._check_output)
+                return DoubleVJPBackend(*args, check_output=self._check_output, **kw)
             except (RuntimeError, NotImplementedError) as err_double:
                 if isinstance(err_double, torch.cuda.OutOfMemoryError):
                     raise
@@ -316,99 +399,36 @@ class JacobianOperator(LinearOperator):
             )
         return backend
 
-    # ------------------------------------------------------------------ checks
-    def _check_finite_rows(self, blocks) -> None:
-        bad_rows, total_rows, offset = [], 0, 0
-        all_2d = all(r.ndim >= 2 for r in blocks)
-        for r in blocks:
-            rows = r.reshape(r.shape[0], -1) if r.ndim >= 2 else r.reshape(-1, 1)
-            bad = ~torch.isfinite(rows).all(dim=1)
-            idx = bad.nonzero().reshape(-1)
-            if idx.numel():
-                bad_rows.append(idx + offset)
-            offset += rows.shape[0]
-            total_rows += rows.shape[0]
-        if bad_rows:
-            idx = torch.cat(bad_rows)
-            unit = "rows" if all_2d else "entries"
-            first = idx[:5].tolist()
-            more = ", ..." if idx.numel() > 5 else ""
-            raise ValueError(
-                f"residual_fn: expected a finite residual, got {idx.numel()} of {total_rows} "
-                f"residual {unit} non-finite ({unit} [{', '.join(map(str, first))}{more}]); "
-                "check the inputs, targets and parameters for NaN/inf"
-            )
+    # ------------------------------------------------------------------ row splits (OOM)
+    def _can_split(self, i: int) -> bool:
+        if self._row_bounds is None:
+            return False
+        s, e = self._row_bounds[i]
+        return e - s > 1 and self._block_shapes[i][:1] == (e - s,)
 
-    def _check_deterministic(self, first: list[torch.Tensor]) -> None:
-        """A second plain call against the first (the rule is in the class Notes)."""
-        theta = None
-        for i, a in enumerate(first):
-            b = self._eval_block(i)
-            if torch.equal(a, b):
-                continue
-            if theta is None:
-                theta = flatten_params(self.params)[:, None]
-            jt = self._backend.matmat(i, theta, [slice(0, 1)])
-            scale = max(float(a.abs().max()), float(b.abs().max()), float(jt.abs().max()))
-            tol = _DETERMINISM_EPS * torch.finfo(self.dtype).eps * scale
-            diff = float((a - b).abs().max())
-            if not diff <= tol:
-                raise ValueError(
-                    "residual_fn: expected identical outputs from identical calls (to within "
-                    f"{_DETERMINISM_EPS} eps x {scale:.3g} = {tol:.3e}), but the model's outputs "
-                    f"change between identical calls (max difference {diff:.3e}); is dropout "
-                    "active or batch-norm in train mode? call model.eval()"
-                )
-
-    def _check_all_params_used(self) -> None:
-        w = probe_vector(self.shape[0], self.dtype, self.device)
-        g = self._rmatmat(w[:, None])[:, 0]
-        peaks, offset = [], 0
-        for key, t in self.params.items():
-            k = int(t.numel())
-            if k:
-                peaks.append((key, g[offset : offset + k].abs().amax()))
-            offset += k
-        values = torch.stack([p for _, p in peaks]).tolist() if peaks else []
-        names = [key for (key, _), v in zip(peaks, values) if v == 0]
-        if names:
-            raise ValueError(
-                f"params: expected every parameter tensor to affect the residual, got "
-                f"{len(names)} whose gradient is exactly zero: {names}; exclude them with "
-                "params= (e.g. JacobianOperator.from_module(..., params=[...]))"
-            )
-
-    # ------------------------------------------------------------------ products
-    def _groups(self, k: int) -> list[slice]:
-        b = self.batch_size or max(k, 1)
-        return [slice(s, min(s + b, k)) for s in range(0, k, b)]
-
-    def _matmat_block(self, i: int, V: torch.Tensor) -> torch.Tensor:
-        if V.shape[1] == 0:
-            rows = self.row_slices[i]
-            return V.new_zeros(rows.stop - rows.start, 0)
-        return self._backend.matmat(i, V, self._groups(V.shape[1]))
-
-    def _matvec(self, x: torch.Tensor) -> torch.Tensor:
-        return self._matmat(x[:, None])[:, 0]
-
-    def _rmatvec(self, y: torch.Tensor) -> torch.Tensor:
-        return self._rmatmat(y[:, None])[:, 0]
-
-    def _matmat(self, X: torch.Tensor) -> torch.Tensor:
-        if X.shape[1] == 0:
-            return X.new_zeros(self.shape[0], 0)
-        return torch.cat([self._matmat_block(i, X) for i in range(self.num_blocks)], dim=0)
-
-    def _rmatmat(self, Y: torch.Tensor) -> torch.Tensor:
-        if Y.shape[1] == 0:
-            return Y.new_zeros(self.shape[1], 0)
-        groups = self._groups(Y.shape[1])
-        total = None
-        for i, rows in enumerate(self.row_slices):
-            part = self._backend.rmatmat(i, Y[rows], groups)
-            total = part if total is None else total + part
-        return total
+    def _split_rows(self, i: int, what: str) -> str:
+        """Halve the row chunk: split every block longer than half of block ``i``."""
+        s, e = self._row_bounds[i]
+        old, chunk = e - s, (e - s + 1) // 2
+        j = 0
+        while j < len(self._row_bounds):
+            s, e = self._row_bounds[j]
+            if e - s > chunk and self._block_shapes[j][:1] == (e - s,):
+                rest = self._block_shapes[j][1:]
+                self._row_bounds[j : j + 1] = [(s, s + chunk), (s + chunk, e)]
+                self._fns[j : j + 1] = [
+                    self._wrap(self._row_maker(a, b)) for a, b in self._row_bounds[j : j + 2]
+                ]
+                self._block_shapes[j : j + 1] = [(chunk,) + rest, (e - s - chunk,) + rest]
+                self._backend.split_block(j)
+            j += 1
+        self._set_row_slices()
+        self.chunk_size = chunk
+        return (
+            f"out of memory in one {what} column of a row block of {old} data rows; "
+            f"halving the row chunk to {chunk} rows ({self.num_blocks} row blocks now) and "
+            "retrying"
+        )
 
     def matmat_blocks(self, V: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
         """Yield ``(row_slice, J[row_slice] @ V)`` block by block.
@@ -424,11 +444,6 @@ class JacobianOperator(LinearOperator):
         check_matrix(V, self.shape[1], self.dtype, self.device, "JacobianOperator.matmat_blocks V")
         return self._matmat_blocks(V)
 
-    def _matmat_blocks(self, V):
-        for i, rs in enumerate(self.row_slices):
-            yield rs, self._matmat_block(i, V)
-        self.num_matvecs += V.shape[1]
-
     # ------------------------------------------------------------------ from a module
     @classmethod
     def from_module(
@@ -442,6 +457,7 @@ class JacobianOperator(LinearOperator):
         jvp: str = "auto",
         linearize="auto",
         batch_size: int | None = None,
+        batching: str = "auto",
         cache: bool = True,
         check: bool = True,
     ) -> JacobianOperator:
@@ -462,9 +478,10 @@ class JacobianOperator(LinearOperator):
             Names of the parameters to differentiate (default: every parameter with
             ``requires_grad``). The others, and all buffers, stay frozen.
         chunk_size : int, optional
-            Split the ``N`` data rows into row blocks of ``chunk_size`` rows.
-        jvp, linearize, batch_size, cache, check
-            As for :class:`JacobianOperator`.
+            Split the ``N`` data rows into row blocks of ``chunk_size`` rows (halved when one
+            column of a block runs out of memory).
+        jvp, linearize, batch_size, batching, cache, check
+            As for :class:`JacobianOperator`. Complex parameters are refined as real pairs.
 
         Returns
         -------
@@ -501,8 +518,8 @@ class JacobianOperator(LinearOperator):
                 "params: expected at least one parameter to differentiate, got none "
                 "(no parameter has requires_grad and params= was not given)"
             )
-        check_tensor_dict(theta0, "model parameters")
-        dtype = next(iter(theta0.values())).dtype
+        check_param_dict(theta0, "model parameters")
+        dtype = real_dtype(next(iter(theta0.values())).dtype)
         for j, x in enumerate(inputs):
             if x.dtype.is_floating_point and x.dtype != dtype:
                 raise TypeError(
@@ -526,28 +543,30 @@ class JacobianOperator(LinearOperator):
         else:
             bounds = [(s, min(s + chunk_size, N)) for s in range(0, N, chunk_size)]
         chunked = len(bounds) > 1
-        fns = []
-        for s, e in bounds:
-            fns.append(
-                module_residual(
-                    model,
-                    tuple(x[s:e] for x in inputs) if chunked else inputs,
-                    None if targets is None else (targets[s:e] if chunked else targets),
-                    frozen=frozen,
-                    buffers=buffers,
-                    n_rows=N,
-                    targets_shape=None if targets is None else tuple(targets.shape),
-                )
+
+        def make(s, e, whole=False):
+            return module_residual(
+                model,
+                inputs if whole else tuple(x[s:e] for x in inputs),
+                None if targets is None else (targets if whole else targets[s:e]),
+                frozen=frozen,
+                buffers=buffers,
+                n_rows=N,
+                targets_shape=None if targets is None else tuple(targets.shape),
             )
+
+        fns = [make(s, e, whole=not chunked) for s, e in bounds]
         J = cls(
             fns if chunked else fns[0],
             theta0,
             jvp=jvp,
             linearize=linearize,
             batch_size=batch_size,
+            batching=batching,
             cache=cache,
             check=check,
         )
+        J._row_bounds, J._row_maker = list(bounds), make
         J.module = model
         J.chunk_size = chunk_size
         shapes = J._block_shapes

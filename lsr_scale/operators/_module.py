@@ -13,8 +13,8 @@ from collections.abc import Mapping
 import torch
 from torch import func as tfunc
 
-from .._checks import check_tensor_dict, describe
-from ._params import select_param_names
+from .._checks import describe
+from ._params import as_complex, check_param_dict, complex_keys, real_view, select_param_names
 
 __all__ = ["module_jvp"]
 
@@ -107,7 +107,10 @@ def module_jvp(
     inputs : torch.Tensor or tuple of torch.Tensor
         Passed positionally.
     tangents : dict of str to torch.Tensor
-        Direction, over a subset of the model's parameter names (others held fixed).
+        Direction, over a subset of the model's parameter names (others held fixed), each of
+        its parameter's shape and dtype: complex for a complex parameter, whose real and
+        imaginary parts move as two real parameters (the derivative is taken through
+        ``torch.view_as_real`` pairs, as in :class:`~lsr_scale.JacobianOperator`).
     params : dict of str to torch.Tensor, optional
         Values replacing some parameters (default: the model's own, ``theta0``).
 
@@ -140,7 +143,7 @@ def module_jvp(
             raise TypeError(f"params: expected a dict of str -> Tensor, got {describe(params)}")
         select_param_names(all_params, list(params))
         all_params.update({k: v.detach() for k, v in params.items()})
-    tangents = check_tensor_dict(tangents, "tangents")
+    tangents = check_param_dict(tangents, "tangents")
     select_param_names(all_params, list(tangents), "tangents")
     for k, t in tangents.items():
         ref = all_params[k]
@@ -153,4 +156,11 @@ def module_jvp(
     frozen = {k: v for k, v in all_params.items() if k not in tangents}
     buffers = {k: b.detach() for k, b in model.named_buffers()}
     f = module_residual(model, tuple(inputs), frozen=frozen, buffers=buffers)
-    return tfunc.jvp(f, (primals,), (dict(tangents),))
+    keys = complex_keys(primals)
+    if not keys:
+        return tfunc.jvp(f, (primals,), (dict(tangents),))
+
+    def f_real(p):  # complex parameters as (real, imaginary) pairs: a real-linear JVP
+        return f(as_complex(p, keys))
+
+    return tfunc.jvp(f_real, (real_view(primals),), (real_view(tangents),))

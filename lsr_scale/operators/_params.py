@@ -2,6 +2,16 @@
 
 A parameter dict ``{name: tensor}`` is read in insertion order, each tensor flattened
 row-major; that concatenation is ``vec(theta)``, the operator's column space.
+
+Complex parameters
+------------------
+A complex tensor ``p`` enters ``vec(theta)`` as the real tensor ``torch.view_as_real(p)``
+(shape ``(*p.shape, 2)``): each complex entry is the pair (real part, imaginary part), in
+that order, so it is refined as two real parameters. The real dtype of a dict is that of
+its real tensors; its complex tensors must have the matching precision (``complex64`` with
+``float32``, ``complex128`` with ``float64``). Functions of the parameters receive the
+complex tensors rebuilt from the pairs (:func:`as_complex`), so the residual sees the
+parameters it was written for, while every transform (JVP, VJP, vmap) acts on real ones.
 """
 
 from __future__ import annotations
@@ -10,9 +20,93 @@ from collections.abc import Mapping
 
 import torch
 
-from .._checks import check_tensor_dict, describe
+from .._checks import describe
 
 __all__ = ["flatten_params", "unflatten_params"]
+
+
+def check_param_dict(value, name: str) -> dict:
+    """Raise unless ``value`` is a non-empty mapping of str to floating or complex tensors of
+    one real precision on one device (see the module doc); return it as a new dict."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name}: expected a dict of str -> torch.Tensor, got {describe(value)}")
+    if len(value) == 0:
+        raise ValueError(f"{name}: expected at least one tensor, got an empty dict")
+    first = None
+    for key, t in value.items():
+        if not isinstance(key, str):
+            raise TypeError(f"{name}: expected str keys, got {type(key).__name__} key {key!r}")
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}[{key!r}]: expected a torch.Tensor, got {describe(t)}")
+        if not (t.dtype.is_floating_point or t.dtype.is_complex):
+            raise TypeError(f"{name}[{key!r}]: expected a floating or complex dtype, got {t.dtype}")
+        if first is None:
+            first = (key, t)
+        elif real_dtype(t.dtype) != real_dtype(first[1].dtype):
+            raise TypeError(
+                f"{name}: expected one dtype for all tensors (complex ones of the matching "
+                f"precision: complex64 with float32, complex128 with float64), got "
+                f"{first[1].dtype} ({first[0]!r}) and {t.dtype} ({key!r})"
+            )
+        elif t.device != first[1].device:
+            raise ValueError(
+                f"{name}: expected one device for all tensors, got {first[1].device} "
+                f"({first[0]!r}) and {t.device} ({key!r})"
+            )
+    return dict(value)
+
+
+def real_dtype(dtype: torch.dtype) -> torch.dtype:
+    """``float32`` for ``complex64`` (and ``float32``), ``float64`` for ``complex128``, ..."""
+    return dtype.to_real() if dtype.is_complex else dtype
+
+
+def complex_keys(params: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
+    """The names of the complex tensors of ``params``, in order."""
+    return tuple(k for k, t in params.items() if t.is_complex())
+
+
+def real_view(params: Mapping[str, torch.Tensor]) -> dict:
+    """``params`` with each complex tensor replaced by ``torch.view_as_real`` of it (a view)."""
+    return {
+        k: torch.view_as_real(t.resolve_conj()) if t.is_complex() else t for k, t in params.items()
+    }
+
+
+def as_complex(params: Mapping[str, torch.Tensor], keys) -> dict:
+    """The inverse of :func:`real_view` for the names ``keys``: ``p[..., 0] + i p[..., 1]``.
+
+    Built with ``torch.complex``, a new tensor that every transform differentiates and
+    batches, whatever the storage offset or strides of ``p`` (``torch.view_as_complex``
+    needs an even offset and unit last stride, which column slices do not always have).
+    """
+    if not keys:
+        return params
+    return {k: torch.complex(t[..., 0], t[..., 1]) if k in keys else t for k, t in params.items()}
+
+
+def to_precision(module: torch.nn.Module, dtype: torch.dtype, device=None) -> torch.nn.Module:
+    """Convert ``module`` in place to the real precision ``dtype``, complex tensors included.
+
+    Floating parameters and buffers become ``dtype``, complex ones ``dtype.to_complex()``
+    (``Module.to(torch.float64)`` would cast complex parameters to real, dropping their
+    imaginary parts); others keep their dtype. ``device`` moves everything. Returns
+    ``module``; copy it first to keep the original.
+    """
+
+    def convert(t):
+        if t.is_complex():
+            return t.to(device=device, dtype=dtype.to_complex())
+        if t.is_floating_point():
+            return t.to(device=device, dtype=dtype)
+        return t.to(device=device)
+
+    return module._apply(convert)
+
+
+def real_numel(t: torch.Tensor) -> int:
+    """Entries of ``t`` in ``vec(theta)``: two per complex entry."""
+    return int(t.numel()) * (2 if t.is_complex() else 1)
 
 
 def flatten_params(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -24,12 +118,15 @@ def flatten_params(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
     Parameters
     ----------
     params : dict of str to torch.Tensor
-        Floating tensors of one dtype on one device.
+        Floating tensors of one dtype on one device; complex tensors of the matching
+        precision may be among them, each contributing its (real, imaginary) pairs (see
+        the module doc).
 
     Returns
     -------
     torch.Tensor
-        A new 1-D tensor of length ``sum(p.numel() for p in params.values())``.
+        A new 1-D tensor of the real dtype, of length ``sum(p.numel() for p in
+        params.values())`` with complex entries counted twice.
 
     Examples
     --------
@@ -37,9 +134,11 @@ def flatten_params(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
     >>> from lsr_scale.operators import flatten_params
     >>> flatten_params({"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "b": torch.tensor([5.0])})
     tensor([1., 2., 3., 4., 5.])
+    >>> flatten_params({"z": torch.tensor([1 + 2j, 3 - 4j]), "b": torch.tensor([5.0])})
+    tensor([ 1.,  2.,  3., -4.,  5.])
     """
-    params = check_tensor_dict(params, "params")
-    return torch.cat([p.detach().reshape(-1) for p in params.values()])
+    params = check_param_dict(params, "params")
+    return torch.cat([p.detach().reshape(-1) for p in real_view(params).values()])
 
 
 def unflatten_params(vec: torch.Tensor, like: Mapping[str, torch.Tensor]) -> dict:
@@ -48,14 +147,16 @@ def unflatten_params(vec: torch.Tensor, like: Mapping[str, torch.Tensor]) -> dic
     Parameters
     ----------
     vec : torch.Tensor
-        1-D tensor of length equal to the total number of entries of ``like``.
+        1-D real tensor of length equal to the total number of entries of ``like`` (two per
+        complex entry).
     like : dict of str to torch.Tensor
-        Gives the names, order and shapes.
+        Gives the names, order, shapes and which tensors are complex.
 
     Returns
     -------
     dict of str to torch.Tensor
-        Views into ``vec`` (no copy), one per entry of ``like``.
+        One per entry of ``like``: views into ``vec`` (no copy) for real tensors; for complex
+        ones, new complex tensors built from their (real, imaginary) pairs.
 
     Examples
     --------
@@ -66,10 +167,15 @@ def unflatten_params(vec: torch.Tensor, like: Mapping[str, torch.Tensor]) -> dic
     >>> out["w"], out["b"]
     (tensor([[0., 1.],
             [2., 3.]]), tensor([4.]))
+    >>> unflatten_params(torch.arange(4.0), {"z": torch.zeros(2, dtype=torch.complex64)})
+    {'z': tensor([0.+1.j, 2.+3.j])}
     """
     if not isinstance(like, Mapping):
         raise TypeError(f"like: expected a dict of str -> torch.Tensor, got {describe(like)}")
-    total = sum(int(t.numel()) for t in like.values())
+    for key, t in like.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"like[{key!r}]: expected a torch.Tensor, got {describe(t)}")
+    total = sum(real_numel(t) for t in like.values())
     if not isinstance(vec, torch.Tensor):
         raise TypeError(f"vec: expected a torch.Tensor of shape ({total},), got {describe(vec)}")
     if vec.ndim != 1 or vec.shape[0] != total:
@@ -78,8 +184,12 @@ def unflatten_params(vec: torch.Tensor, like: Mapping[str, torch.Tensor]) -> dic
         )
     out, offset = {}, 0
     for key, t in like.items():
-        n = int(t.numel())
-        out[key] = vec[offset : offset + n].view(t.shape)
+        n = real_numel(t)
+        if t.is_complex():
+            pairs = vec[offset : offset + n].view(*t.shape, 2)
+            out[key] = torch.complex(pairs[..., 0], pairs[..., 1])
+        else:
+            out[key] = vec[offset : offset + n].view(t.shape)
         offset += n
     return out
 

@@ -11,6 +11,7 @@ import torch
 
 from .._checks import check_inputs
 from ..operators import module_jvp, unflatten_params
+from ..operators._params import to_precision
 
 __all__ = ["RefinedModel"]
 
@@ -40,9 +41,11 @@ class RefinedModel:
     Attributes
     ----------
     delta : torch.Tensor
-        The flat parameter update, ordered as :attr:`param_names`.
+        The flat parameter update, ordered as :attr:`param_names`; a complex parameter
+        contributes its (real, imaginary) pairs (see :func:`lsr_scale.operators.flatten_params`).
     delta_dict : dict
-        The update as a name -> tensor dict.
+        The update as a name -> tensor dict: complex tensors for complex parameters, which
+        :meth:`predict` and :meth:`to_network` add as such.
     info : dict
         Wall time per phase (``times``), ``peak_mem_bytes``, ``rank``, the solver result and
         the preconditioner used. See :func:`lsr_scale.refine`.
@@ -219,14 +222,16 @@ class RefinedModel:
                 stacklevel=2,
             )
         elif fp["kind"] == "theta0_sha256":
-            given = _params_hash(copy.deepcopy(model).to(dtype=delta.dtype, device="cpu"))
+            given = _params_hash(to_precision(copy.deepcopy(model), delta.dtype, "cpu"))
             if given != fp["value"]:
                 raise ValueError(
                     "model: expected the network the residual_fn refinement was made from "
                     "(its parameters at theta0, by hash), got one with other parameter values"
                 )
         dev = torch.device(map_location) if map_location is not None else _module_device(model)
-        work = copy.deepcopy(model).to(dtype=delta.dtype, device=dev)
+        # complex parameters become the complex dtype of delta's precision (Module.to would
+        # cast them to real, dropping the imaginary parts)
+        work = to_precision(copy.deepcopy(model), delta.dtype, dev)
         with torch.no_grad():
             for k, v in work.named_parameters():
                 v.copy_(payload["theta0"][k])
