@@ -173,24 +173,34 @@ def streamed_basis(
     return P, info
 
 
+def _t_matmul_rows(P: torch.Tensor, W: torch.Tensor, rows: int = 8192) -> torch.Tensor:
+    """``P^T W`` in float64, ``P`` converted a slab of rows at a time (it may be float32)."""
+    acc = torch.float64
+    if P.dtype == acc:
+        return P.T @ W.to(acc)
+    out = None
+    for s in range(0, P.shape[0], rows):
+        part = P[s : s + rows].to(acc).T @ W[s : s + rows].to(acc)
+        out = part if out is None else out.add_(part)
+    return out
+
+
 def reduced_gram(J, P: torch.Tensor, b: torch.Tensor, *, batch: int | None = 64):
     """``(C, r, ||b||^2)`` with ``C = (G0 P)^T (G0 P)`` and ``r = (G0 P)^T b``, in float64.
 
     ``G0 P`` is never stored: a batch of columns at a time, ``C[:, j] = P^T G0^T (G0 P_j)``
     (the operator streams each product over its row blocks). ``P`` may be stored in a lower
-    precision; each batch is converted to the operator's dtype on the fly.
+    precision; it is converted to float64 on the fly (a batch of columns for the products,
+    a slab of rows for ``P^T``), so the Gram is accumulated in float64 either way.
     """
     k, acc = P.shape[1], torch.float64
     C = torch.empty(k, k, dtype=acc, device=P.device)
     for sl in _batches(k, batch):
         W = J.rmatmat(J.matmat(P[:, sl].to(J.dtype).contiguous()))
-        C[:, sl] = (P.T @ W.to(P.dtype)).to(acc) if P.dtype != acc else P.T @ W.to(acc)
-    r = (
-        P.T.to(acc) @ J.rmatvec(b).to(acc)
-        if P.dtype == acc
-        else (P.T @ J.rmatvec(b).to(P.dtype)).to(acc)
-    )
-    return 0.5 * (C + C.T), r, float(b.to(acc) @ b.to(acc))
+        C[:, sl] = _t_matmul_rows(P, W)
+    r = _t_matmul_rows(P, J.rmatvec(b)[:, None])[:, 0]
+    bb = b.to(acc)
+    return 0.5 * (C + C.T), r, float(bb @ bb)
 
 
 def solve_nested(C, r, bb, ranks):

@@ -1,0 +1,223 @@
+"""Burgers DeepONet: test error against the subspace rank k, one streamed run for all k.
+
+    python bench/burgers_rank_curve.py --baseline authors_tanh --kmax 9000 [--fraction 0.5]
+    python bench/burgers_rank_curve.py --figure          # docs/img/burgers_curve.png only
+
+One streamed basis of ``kmax`` columns (``lsr_scale.refine._streaming``: neither ``G0 Omega``
+nor ``G0 P`` is stored) and one Gram of ``G0 P`` give, by nested Cholesky, the exact
+subspace solution of every rank ``k <= kmax``; the rows at the paper's ranks go to
+``docs/results/burgers_curve.json`` as soon as they exist. Resumable: the basis, Gram and
+test products of an interrupted run are kept under ``bench/results/burgers_curve_state/``
+(one file per finished stage), and rows already in the JSON are skipped.
+
+Errors: ``rel_l2`` is the aggregate relative L2 over the 50 test functions (the library's
+convention); ``mean_rel_l2`` is the mean of per-function relative L2s (the paper's "Error
+mean"). ``train_loss`` is the linearized training MSE the authors choose k by.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import lsr_scale as ls
+from lsr_scale._utils import PeakMemory
+from lsr_scale.models import DeepONet
+from lsr_scale.problems._burgers import BurgersProblem, DeepONetGrid
+from lsr_scale.problems._checkpoint import checkpoint_path, load_checkpoint
+from lsr_scale.refine._streaming import (
+    ColumnMask,
+    draw_mask,
+    reduced_gram,
+    solve_nested,
+    streamed_basis,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+JSON = ROOT / "docs" / "results" / "burgers_curve.json"
+STATE = ROOT / "bench" / "results" / "burgers_curve_state"
+FIG = ROOT / "docs" / "img" / "burgers_curve.png"
+PAPER_TANH = {1000: 1.02e-2, 2000: 7.2e-3, 3000: 5.6e-3, 5000: 4.1e-3, 7000: 2.6e-3,
+              9000: 2.05e-3, 11000: 2.2e-3, 14000: 3.4e-3}  # fmt: skip
+PAPER_TANH_TRAINED = 1.08e-2
+PAPER_RELU = {"trained": 3.6e-3, 18000: 2.8e-4}
+RANKS = [250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 11000,
+         14000, 18000]  # fmt: skip
+BASELINES = {
+    "old_tanh": ("burgers_deeponet", "tanh"),
+    "authors_tanh": ("burgers_deeponet_authors_tanh", "tanh"),
+    "authors_relu": ("burgers_deeponet_authors_relu", "relu"),
+}
+
+
+def load_rows():
+    return json.loads(JSON.read_text()) if JSON.exists() else []
+
+
+def save_row(row):
+    rows = load_rows()
+    rows = [r for r in rows if _key(r) != _key(row)] + [row]
+    JSON.parent.mkdir(parents=True, exist_ok=True)
+    JSON.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def _key(r):
+    return (r["method"], r["baseline"], r.get("fraction"), r.get("rank"), r.get("kmax"))
+
+
+def errors(pred, s):
+    pred, s = pred.double(), s.double()
+    agg = float((pred - s).norm() / s.norm())
+    return agg, float(((pred - s).norm(dim=1) / s.norm(dim=1)).mean())
+
+
+def run(baseline: str, kmax: int, fraction: float | None, chunk: int, seed: int) -> None:
+    torch.set_num_threads(1)
+    name, act = BASELINES[baseline]
+    prob = BurgersProblem(dtype=torch.float64)
+    torch.manual_seed(prob.seed)
+    net = DeepONet([128] + [128] * 4, [1] + [128] * 4, activation=act).double()
+    meta = load_checkpoint(net, checkpoint_path(name))
+    view = DeepONetGrid(net, y=prob.y)
+    J = ls.JacobianOperator.from_module(
+        view, (prob.u_train,), prob.s_train, chunk_size=chunk, batch_size=64
+    )
+    Jt = ls.JacobianOperator.from_module(view, (prob.u_test,), None, batch_size=64)
+    b = -J.residual.reshape(-1)
+    q0 = Jt.residual.reshape(prob.n_test, -1)
+    n, m = J.shape
+    tag = f"{baseline}_k{kmax}_p{fraction or 1}_s{seed}"
+    st = STATE / tag
+    st.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    idx = draw_mask(m, fraction, g) if fraction else None
+    Jm = ColumnMask(J, idx) if idx is not None else J
+    Jtm = ColumnMask(Jt, idx) if idx is not None else Jt
+    trained = errors(q0, prob.s_test)
+    common = dict(baseline=name, activation=act, fraction=fraction, kmax=kmax, seed=seed,
+                  n=n, m=m, m_refined=Jm.shape[1], dtype="float64 products/accumulation",
+                  basis_dtype="float32", chunk_rows=chunk * 128)  # fmt: skip
+    save_row(dict(method="trained", rel_l2=trained[0], mean_rel_l2=trained[1], rank=None,
+                  iterations=None, wall_s=meta.get("train_wall_s"), peak_mem_bytes=None,
+                  paper=PAPER_TANH_TRAINED if act == "tanh" else PAPER_RELU["trained"],
+                  train_meta={k: meta.get(k) for k in ("recipe", "epochs", "train_wall_s",
+                                                        "train_rel_l2")},
+                  **common))  # fmt: skip
+    times = json.loads((st / "times.json").read_text()) if (st / "times.json").exists() else {}
+    with PeakMemory("cpu") as pm:
+        f_basis = st / "basis.pt"
+        if f_basis.exists():
+            P, binfo = torch.load(f_basis, weights_only=False)
+        else:
+            t0 = time.perf_counter()
+            P, binfo = streamed_basis(Jm, kmax, generator=g, basis_dtype=torch.float32)
+            times["basis_s"] = time.perf_counter() - t0
+            times["basis_products"] = [J.num_matvecs, J.num_rmatvecs]
+            torch.save((P, binfo), f_basis)
+            (st / "times.json").write_text(json.dumps(times))
+        print(f"basis: rank {binfo['rank']} of {kmax}, {times.get('basis_s', 0):.0f} s", flush=True)
+        f_gram = st / "gram.pt"
+        if f_gram.exists():
+            C, r, bb = torch.load(f_gram, weights_only=False)
+        else:
+            t0 = time.perf_counter()
+            J.reset_counts()
+            C, r, bb = reduced_gram(Jm, P, b)
+            times["gram_s"] = time.perf_counter() - t0
+            times["gram_products"] = [J.num_matvecs, J.num_rmatvecs]
+            torch.save((C, r, bb), f_gram)
+            (st / "times.json").write_text(json.dumps(times))
+        print(f"gram: {times.get('gram_s', 0):.0f} s", flush=True)
+        ranks = [k for k in RANKS if k <= binfo["rank"]]
+        if binfo["rank"] not in ranks:
+            ranks.append(binfo["rank"])
+        t0 = time.perf_counter()
+        coefs, sinfo = solve_nested(C, r, bb, ranks)
+        times["solve_s"] = time.perf_counter() - t0
+        f_test = st / "test_products.pt"
+        if f_test.exists():
+            JtP = torch.load(f_test, weights_only=False)
+        else:
+            t0 = time.perf_counter()
+            JtP = torch.cat(
+                [Jtm.matmat(P[:, j : j + 64].double()) for j in range(0, P.shape[1], 64)], 1
+            )
+            times["test_s"] = time.perf_counter() - t0
+            torch.save(JtP, f_test)
+            (st / "times.json").write_text(json.dumps(times))
+    peak = pm.peak_bytes
+    tl = sinfo["train_loss"]
+    wall = sum(v for k2, v in times.items() if k2.endswith("_s"))
+    prods = [times.get("basis_products", [0, 0])[i] + times.get("gram_products", [0, 0])[i]
+             for i in range(2)]  # fmt: skip
+    for k in ranks:
+        c = coefs[k]
+        kk = c.numel()
+        pred = q0 + (JtP[:, :kk] @ c).reshape(prob.n_test, -1)
+        agg, mean = errors(pred, prob.s_test)
+        save_row(dict(method="subspace_streamed", rel_l2=agg, mean_rel_l2=mean, rank=k,
+                      rank_used=kk, iterations=None, wall_s=wall, peak_mem_bytes=peak,
+                      train_loss=float(tl[kk - 1]) / n if kk else bb / n,
+                      paper=PAPER_TANH.get(k) if act == "tanh" and not fraction else None,
+                      products={"jvp": prods[0], "vjp": prods[1], "test_jvp": P.shape[1]},
+                      times=times, rank_cap=sinfo["rank_cap"], **common))  # fmt: skip
+        print(f"k={k}: test {agg:.3e} (mean {mean:.3e}), train loss {float(tl[kk - 1]) / n:.3e}")
+    # every rank's linearized training loss (the authors' choice of k), every 50th entry
+    (st / "train_loss.json").write_text(json.dumps([float(v) / n for v in tl[::50]]))
+    best = int(torch.argmin(tl)) + 1
+    print(f"smallest linearized training loss at k={best} (of {sinfo['rank_cap']})")
+
+
+def figure() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = load_rows()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    pk = sorted(PAPER_TANH)
+    ax.plot(pk, [PAPER_TANH[k] / PAPER_TANH_TRAINED for k in pk], "k--o", label="paper, tanh")
+    groups = {}
+    for r in rows:
+        if r["method"] == "subspace_streamed":
+            groups.setdefault((r["baseline"], r["fraction"], r["kmax"]), []).append(r)
+    base = {(r["baseline"]): r for r in rows if r["method"] == "trained"}
+    for (bl, frac, _kmax), rs in sorted(groups.items(), key=str):
+        rs = sorted(rs, key=lambda r: r["rank"])
+        t = base[bl]["mean_rel_l2"]
+        lab = f"ours, {bl.replace('burgers_deeponet', 'baseline')}" + (
+            f", p={frac}" if frac else ""
+        )
+        ax.plot([r["rank"] for r in rs], [r["mean_rel_l2"] / t for r in rs], "-o", label=lab)
+    ax.set_xlabel("subspace rank k")
+    ax.set_ylabel("test error / trained test error (mean per-function rel. L2)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Burgers DeepONet: one-shot LSR, error reduction against k")
+    FIG.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(FIG, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", choices=sorted(BASELINES), default="authors_tanh")
+    ap.add_argument("--kmax", type=int, default=9000)
+    ap.add_argument("--fraction", type=float, default=None)
+    ap.add_argument("--chunk", type=int, default=1000, help="functions per row block")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--figure", action="store_true")
+    a = ap.parse_args()
+    if not a.figure:
+        run(a.baseline, a.kmax, a.fraction, a.chunk, a.seed)
+    figure()
+
+
+if __name__ == "__main__":
+    main()
