@@ -18,7 +18,6 @@ How columns are batched and what happens when memory runs out is in
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Iterator, Mapping
 
 import torch
@@ -94,9 +93,10 @@ class JacobianOperator(BlockProducts, LinearOperator):
     linearize : {"auto", True, False}
         Whether the forward-mode JVP runs through a cached ``torch.func.linearize`` of each
         block rather than a fresh ``torch.func.jvp`` per product. ``"auto"`` linearizes
-        whenever ``cache=True``, on every device, and uses the fresh JVP (with a
-        ``RuntimeWarning``, the reason in ``linearize_error``) if torch cannot linearize the
-        residual; ``True`` raises ``RuntimeError`` then; ``False`` never linearizes. The rule
+        whenever ``cache=True``, on every device, and uses the fresh JVP (the reason in
+        ``linearize_error``; the products are the same) if torch cannot linearize the
+        residual, as with nested forward mode in physics-informed residuals; ``True``
+        raises ``RuntimeError`` then; ``False`` never linearizes. The rule
         does not depend on timing. Ignored by the double-VJP back end. ``True`` needs
         ``cache=True``.
     batch_size : int, optional
@@ -389,14 +389,9 @@ class JacobianOperator(BlockProducts, LinearOperator):
                     "linearize=True: expected torch.func.linearize to trace the residual, got "
                     f"{backend.linearize_error}; use linearize='auto' or False"
                 ) from backend.linearize_exception
+            # "auto" is documented to fall back: the products are the same, only their cost
+            # differs, and a warning on every physics-informed refine would be noise
             self.linearize_error = backend.linearize_error
-            warnings.warn(
-                "JacobianOperator: torch.func.linearize cannot trace this residual "
-                f"({backend.linearize_error.splitlines()[0]}); using a fresh torch.func.jvp "
-                "per product (pass linearize=False to skip the attempt)",
-                RuntimeWarning,
-                stacklevel=3,
-            )
         return backend
 
     # ------------------------------------------------------------------ row splits (OOM)
