@@ -74,3 +74,44 @@ def test_help_explains_flags():
 def test_bad_device_is_a_clear_error():
     with pytest.raises(ValueError, match="device"):
         main(["demo", "--device", "cuda:7", "--no-plot", "--epochs", "1"])
+
+
+def _fake_rows(workload, quick):
+    rows = [
+        {"method": "trained", "rel_l2": 1e-2, "paper": 1.1e-2},
+        {"method": "subspace", "rel_l2": 1e-5, "paper": 2e-5},
+        {"method": "krylov", "rel_l2": 2e-5},
+    ]
+    for r in rows:
+        r.update(case=f"{workload}, quick case", wall_s=0.1, peak_mem_bytes=1, device="cpu")
+    return rows
+
+
+def test_reproduce_writes_its_figure(tmp_path, monkeypatch, capsys):
+    """`lsr-scale reproduce` writes <out>/<workload>.png as the full runs do (the runner is
+    replaced by fixed rows: tests/test_reproduce_quick.py runs the real quick cases)."""
+    pytest.importorskip("matplotlib")
+    from lsr_scale.cli import _reproduce
+
+    def runner(quick, retrain, progress, log, curves=None):
+        if curves is not None:
+            curves.update(
+                iterative=[(0.0, 1e-2), (1.0, 1e-3)],
+                iterative_lsr=[(1.0, 1e-4)],
+                lbfgs=[(0.0, 1e-2), (1.0, 5e-3)],
+            )
+        return _fake_rows("x", quick), {"paper_note": "paper: -"}
+
+    for workload in ("function", "poisson"):
+        monkeypatch.setitem(_reproduce._RUNNERS, workload, runner)
+        out = tmp_path / "figs"
+        assert main(["reproduce", workload, "--quick", "--out", str(out), "--threads", "1"]) == 0
+        assert (out / f"{workload}.png").stat().st_size > 10_000
+        assert f"figure: {out / f'{workload}.png'}" in capsys.readouterr().out
+    assert (tmp_path / "figs" / "poisson_iterative.png").stat().st_size > 10_000
+    # --no-plot writes none; the default folder is lsr_reproduce_out/ (ignored by git)
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "function", "--quick", "--no-plot"]) == 0
+    assert not (tmp_path / "lsr_reproduce_out").exists()
+    assert main(["reproduce", "function", "--quick"]) == 0
+    assert (tmp_path / "lsr_reproduce_out" / "function.png").is_file()

@@ -23,7 +23,10 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo",
-        help="train a small MLP, refine it, print the error table (runs on a CPU in ~1 min)",
+        help=(
+            "train a small MLP, refine it, print the error table (measured: 46 s of CPU time "
+            "on one thread of a 2-core Intel Xeon)"
+        ),
         description=(
             "Train a tanh MLP with Adam on sin(pi x) sin(pi y) over [-1,1]^2, then refine it "
             "with one-shot subspace LSR and with matrix-free Krylov LSR (unpreconditioned and "

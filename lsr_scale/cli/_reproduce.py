@@ -1,9 +1,11 @@
-"""``lsr-scale reproduce {function,burgers,antiderivative,poisson} [--quick] [--json PATH]``.
+"""``lsr-scale reproduce {function,burgers,antiderivative,poisson} [--quick] [--out DIR]``.
 
 Runs one workload end to end: the trained baseline (from the committed checkpoint, or trained
 here with ``--quick`` / ``--retrain``), one-shot LSR (subspace), Krylov LSR with the best
 preconditioner available, and Iterative LSR for Poisson, and prints each error next to the
-paper's number. Every row states the case it ran; cases scaled down for a CPU say so.
+paper's number. Every row states the case it ran; cases scaled down for a CPU say so. The
+command writes the workload's figure to ``<out>/<workload>.png`` (for poisson also
+``<out>/poisson_iterative.png``), drawn as ``bench/reproduce_all.py`` draws the full runs'.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import textwrap
 import time
 from pathlib import Path
 
@@ -26,9 +29,10 @@ from ..problems._checkpoint import checkpoint_path, load_checkpoint, save_checkp
 from ..problems._function import FunctionProblem
 from ..problems._poisson import CPU_CONFIG, PoissonProblem
 from ..refine import Krylov, Subspace, iterative_refine, refine
+from ._plots import plot_poisson_curves, plot_workload
 from ._tables import format_table
 
-__all__ = ["add_reproduce_parser", "run_reproduce", "format_table", "WORKLOADS"]
+__all__ = ["add_reproduce_parser", "run_reproduce", "write_figures", "format_table", "WORKLOADS"]
 
 WORKLOADS = ("function", "burgers", "antiderivative", "poisson")
 
@@ -478,15 +482,38 @@ def run_reproduce(
     return rows
 
 
+def write_figures(workload: str, rows: list[dict], out, curves: dict | None = None) -> list:
+    """Write ``<out>/<workload>.png`` (and, for poisson with curves,
+    ``<out>/poisson_iterative.png``); returns the paths written (none without matplotlib)."""
+    out = Path(out)
+    written = [plot_workload(rows, out / f"{workload}.png", curves=curves or None)]
+    if workload == "poisson" and curves:
+        case = "quick case" if rows and rows[0].get("quick") else rows[0].get("case", "")
+        written.append(
+            plot_poisson_curves(
+                curves,
+                out / "poisson_iterative.png",
+                title=textwrap.fill(f"Poisson PINN ({case})", 70),
+                xlabel=f"wall time (s, {str(rows[0].get('device', 'cpu')).upper()})",
+            )
+        )
+    return [p for p in written if p is not None]
+
+
 def _handler(args) -> None:
-    run_reproduce(
+    curves: dict = {}
+    rows = run_reproduce(
         args.workload,
         quick=args.quick,
         retrain=args.retrain,
         json_path=args.json,
         progress=False if getattr(args, "no_progress", False) else None,
         threads=args.threads,
+        curves=curves if args.workload == "poisson" else None,
     )
+    if not args.no_plot:
+        for path in write_figures(args.workload, rows, args.out, curves):
+            print(f"figure: {path}")
 
 
 def add_reproduce_parser(subparsers) -> None:
@@ -509,6 +536,13 @@ def add_reproduce_parser(subparsers) -> None:
         help="small, CPU-friendly case (under 2 minutes; not the paper's case)",
     )
     p.add_argument("--json", metavar="PATH", default=None, help="write the rows as JSON")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default="lsr_reproduce_out",
+        help="folder for the figure <workload>.png (default: lsr_reproduce_out)",
+    )
+    p.add_argument("--no-plot", action="store_true", help="write no figure")
     p.add_argument(
         "--retrain",
         action="store_true",
