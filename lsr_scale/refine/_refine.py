@@ -11,6 +11,7 @@ from .._checks import check_finite_rows, check_generator, check_inputs
 from .._utils import PeakMemory, progress, timed
 from ..operators import JacobianOperator
 from ..operators._jacobian import _select_param_names
+from ..operators._params import real_dtype, to_precision
 from ._krylov import Krylov
 from ._legacy import from_legacy
 from ._methods import Method, Problem, Products
@@ -52,7 +53,7 @@ def _check_model(model):
                 f"depend on the batch), got {name or type(model).__name__} "
                 f"({type(mod).__name__}) in train mode; call model.eval()"
             )
-    return p.dtype, p.device
+    return real_dtype(p.dtype), p.device  # a complex parameter counts as its real pair
 
 
 def _check_data(pair, what: str, dtype, device):
@@ -213,7 +214,7 @@ def refine(
                 f"dtype: expected the model's dtype {model_dtype} with residual_fn (it closes over "
                 f"your model), got {dtype}; convert the model yourself"
             )
-        work = copy.deepcopy(model).to(dtype)
+        work = to_precision(copy.deepcopy(model), dtype)  # keeps complex parameters complex
     wdtype = dtype or model_dtype
 
     def convert(t):
