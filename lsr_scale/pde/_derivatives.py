@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.func import functional_call, jacfwd, jacrev, vmap
 
+from ._forward_laplacian import forward_laplacian, supports_forward_laplacian
+
 __all__ = [
     "scalar_fn",
     "value",
@@ -132,12 +134,69 @@ def hessian(f: PointFn, x: torch.Tensor, *rows, chunk_size=None) -> torch.Tensor
     return _map(jacfwd(jacrev(f)), x, rows, chunk_size)
 
 
-def laplacian(f: PointFn, x: torch.Tensor, *rows, chunk_size=None) -> torch.Tensor:
+def laplacian(
+    f,
+    x: torch.Tensor,
+    *rows,
+    params=None,
+    output: int = 0,
+    route: str = "auto",
+    chunk_size=None,
+) -> torch.Tensor:
     """``sum_i d^2 f / dx_i^2`` at every point: ``(N,)``.
 
-    The trace of the per-point ``d x d`` Hessian from ``jacfwd(jacrev(f))``; for the small
-    input dimensions of PDE problems this is ``d`` Hessian-vector products per point.
+    ``f`` is a pointwise scalar function ``f(x, *rows)`` (see :func:`scalar_fn`) or a
+    network (``nn.Module``). For a function, the Laplacian is the trace of the per-point
+    ``d x d`` Hessian from ``jacfwd(jacrev(f))`` (``torch.func``).
+
+    For a network, ``route="auto"`` picks :func:`~lsr_scale.pde.forward_laplacian` when
+    :func:`~lsr_scale.pde.supports_forward_laplacian` accepts the model (MLPs of
+    Linear and tanh / sigmoid / SiLU / exact GELU / sine layers, the modified MLP, a DeepONet
+    with such a trunk) and the ``torch.func`` Hessian trace of ``scalar_fn(f, params,
+    output=output)`` otherwise. Both agree to rounding and both compose with parameter
+    JVPs/VJPs; the forward Laplacian's products are several times cheaper
+    (``bench/results/pde_cpu.md``).
+
+    Parameters
+    ----------
+    f : callable or nn.Module
+    x : Tensor ``(N, d)``
+        The points; for a module, its last input (a DeepONet's trunk input).
+    *rows : Tensor
+        Per-point extra inputs (a DeepONet's branch input ``u``). For a module, rows of one
+        row are broadcast to all points.
+    params : dict or None
+        Module only: parameter tensors by name (default: the module's own).
+    output : int
+        Module only: the output component.
+    route : {"auto", "forward", "func"}
+        Module only: ``"forward"`` requires a supported model (``TypeError`` otherwise),
+        ``"func"`` always takes the ``torch.func`` Hessian trace.
+    chunk_size : int or None
+        ``vmap`` chunk size of the ``torch.func`` route.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lsr_scale.models import MLP
+    >>> net = MLP([2, 8, 1]).double()
+    >>> x = torch.rand(4, 2, dtype=torch.float64)
+    >>> fast, ref = laplacian(net, x), laplacian(net, x, route="func")
+    >>> bool(torch.allclose(fast, ref))
+    True
     """
+    if route not in ("auto", "forward", "func"):
+        raise ValueError(f"route: expected 'auto', 'forward' or 'func', got {route!r}")
+    if isinstance(f, torch.nn.Module):
+        _check_points(x)
+        if route == "forward" or (route == "auto" and supports_forward_laplacian(f)):
+            return forward_laplacian(f, x, params, output, rows=rows)[2]
+        rows = tuple(r.expand(x.shape[0], *r.shape[1:]) if r.shape[0] == 1 else r for r in rows)
+        f = scalar_fn(f, params, output=output)
+    elif params is not None or output != 0 or route == "forward":
+        raise TypeError(
+            f"params, output, route='forward': expected an nn.Module for f, got {type(f).__name__}"
+        )
     h = hessian(f, x, *rows, chunk_size=chunk_size)
     return torch.diagonal(h, dim1=-2, dim2=-1).sum(-1)
 
