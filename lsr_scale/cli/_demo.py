@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
 from .._utils import PeakMemory, resolve_device
-from ..precond import Auto, Nystrom
 from ..problems import FunctionProblem
 from ..refine import Krylov, Subspace, refine
 from ._tables import fmt_bytes, markdown_table
@@ -47,39 +47,45 @@ def run_demo(args) -> list[dict]:
             "products": "",
         }
     ]
-    dtype = torch.float64 if args.dtype == "float64" else torch.float32
+    # "auto": refine gets no dtype= and each method picks its own precision (the defaults)
+    dtype = {"float64": torch.float64, "float32": torch.float32, "auto": None}[args.dtype]
     data = (prob.x_train, prob.y_train)
     gen = torch.Generator().manual_seed(args.seed)
-    x_test = prob.x_test.to(dtype)
+    x_test = prob.x_test.to(dtype) if dtype is not None else prob.x_test
     k = min(args.rank, prob.n_params, args.n_train)
     runs = [
         ("subspace", Subspace(rank=k), f"one-shot LSR (subspace, k={k})"),
         (
             "krylov_none",
-            Krylov(preconditioner=None, maxiter=args.krylov_iters),
-            f"Krylov LSR (LSMR, no preconditioner, {args.krylov_iters} it max)",
+            # no stall rule: unpreconditioned LSMR creeps, and the point is how far it gets
+            Krylov(preconditioner=None, maxiter=args.krylov_iters, stall=None),
+            f"Krylov LSR (LSMR, no preconditioner, {args.krylov_iters} iterations)",
         ),
         (
             "krylov_auto",
-            # chosen by shape; a Nystrom preconditioner gets the subspace's rank, for a
-            # like-for-like comparison
-            Krylov(preconditioner=Auto(nystrom=Nystrom(rank=k)), maxiter=args.krylov_iters),
-            "Krylov LSR (LSMR, preconditioner='auto')",
+            # every default: preconditioner chosen by shape, float64 solve, its own stop
+            Krylov(maxiter=args.krylov_iters),
+            "Krylov LSR (defaults)",
         ),
     ]
     refined_models = {}
     for key, method, label in runs:
-        refined = refine(
-            model, data=data, method=method, dtype=dtype, generator=gen, progress_bar=show
-        )
+        with warnings.catch_warnings():
+            # the unpreconditioned run is meant to use every iteration: no maxiter warning
+            if key == "krylov_none":
+                warnings.filterwarnings("ignore", "Krylov: stopped at maxiter", RuntimeWarning)
+            refined = refine(
+                model, data=data, method=method, dtype=dtype, generator=gen, progress_bar=show
+            )
         refined_models[key] = refined
-        err = prob.test_error(lambda x, r=refined: r(x.to(dtype)))
+        err = prob.test_error(lambda x, r=refined: r(x if dtype is None else x.to(dtype)))
         info = refined.info
         iters = info.get("iterations", "")
         if key == "krylov_auto":
             label = (
-                f"Krylov LSR (LSMR, {info['preconditioner']['name']} preconditioner, "
-                f"rank {info['preconditioner'].get('rank')})"
+                f"Krylov LSR (defaults: {info['preconditioner']['name']} rank "
+                f"{info['preconditioner'].get('rank')}, "
+                f"{info['precision'].removeprefix('torch.')} solve, {_stop_label(info['stop'])})"
             )
         rows.append(
             {
@@ -127,6 +133,15 @@ def run_demo(args) -> list[dict]:
             print(f"\nplot: {path}")
     print(f"results: {out / 'demo.json'}")
     return rows
+
+
+def _stop_label(stop: str) -> str:
+    head = stop.split(":")[0]
+    if head == "stalled":
+        return "stall rule"
+    if head == "validation":
+        return "validation"
+    return "maxiter" if head == "7" else "converged"
 
 
 def _plot_demo(prob, model, refined_models, x_test, path):
