@@ -167,7 +167,7 @@ def test_stack_residuals_weights_and_split():
 
 
 def test_forward_laplacian_rejects_other_modules():
-    net = DeepONet([3, 4], [1, 4])
+    net = nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1))
     assert not pde.supports_forward_laplacian(net)
     assert pde.supports_forward_laplacian(_mlp())
     with pytest.raises(TypeError, match="Sequential"):

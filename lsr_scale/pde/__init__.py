@@ -3,9 +3,10 @@
 The derivative helpers act on a pointwise scalar function ``f(x, *rows)`` (see
 :func:`scalar_fn`) and ``vmap`` over the points; they compose with ``torch.func`` transforms
 in the parameters, so a residual built from them works under
-:class:`lsr_scale.JacobianOperator`. :func:`forward_laplacian` is a faster route for plain
-MLPs. :func:`stack_residuals` joins PDE, boundary and initial blocks with the weights
-``sqrt(lambda_i * N_total / N_i)``.
+:class:`lsr_scale.JacobianOperator`. :func:`forward_laplacian` is the fast route for MLPs,
+modified MLPs and DeepONet trunks, and :func:`laplacian` given a network picks it where it
+applies (``torch.func`` otherwise). :func:`stack_residuals` joins PDE, boundary and initial
+blocks with the weights ``sqrt(lambda_i * N_total / N_i)``.
 """
 
 from ._derivatives import (
