@@ -380,7 +380,14 @@ class Subspace(Method):
         kk = c.numel()
         info["rank"] = kk
         if kk < k:
-            info["rank_capped"] = f"rank {kk} of {k}: the rest is below the float64 resolution"
+            msg = (
+                f"Subspace: the streamed basis resolves {kk} of rank={k} directions (the rest "
+                "is below the Gram's float64 resolution); the last directions before that cap "
+                "are near rounding level (on Burgers, k at the cap fitted noise), so pass a "
+                "rank a little below it or use range_finder='dense'"
+            )
+            info["rank_capped"] = msg
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
         info["reduced_solver"] = "streamed"
         info["solver"] = {"kind": "gram_nested_cholesky", "rank_cap": sinfo["rank_cap"]}
         info["train_loss_by_rank"] = sinfo["train_loss"]
