@@ -117,7 +117,8 @@ def test_sample_space_min_norm_and_lsmr(precond_rank):
     assert float((res.x - lsmr.x).norm() / lsmr.x.norm()) <= 1e-7
     assert res.converged and res.x.shape == (m,)
     assert res.normr == pytest.approx(float((b - J @ res.x).norm()), abs=1e-10)
-    build = 0 if precond_rank is None else precond_rank + 10
+    # the streamed Nystrom sketch of J J^T: rank JVP+VJP pairs, no oversampling
+    build = 0 if precond_rank is None else precond_rank
     # JVP+VJP per CG iteration, the build, and two VJPs at the end.
     assert res.num_matvecs == res.itn + build
     assert res.num_rmatvecs == res.itn + build + 2
@@ -154,10 +155,14 @@ def test_sample_space_preconditioner_cuts_iterations():
     J = (U * s.to(F64)) @ V.T
     b = torch.randn(n, generator=_gen(8), dtype=F64)
     plain = solve_sample_space(J, b, tol=1e-10, maxiter=300)
-    pre = solve_sample_space(J, b, tol=1e-10, precond_rank=20, generator=_gen(9))
-    assert pre.converged and pre.itn * 5 < 300 and not plain.converged, (pre.itn, plain.itn)
-    torch.testing.assert_close(pre.x, torch.linalg.pinv(J) @ b, rtol=1e-6, atol=1e-8)
-    assert pre.conda < 10
+    # the Nystrom sketch keeps all its columns: rank 30 costs what the SVD's 20 + 10 do
+    for rank, how in [(30, "nystrom"), (20, "svd")]:
+        pre = solve_sample_space(
+            J, b, tol=1e-10, precond_rank=rank, precond_method=how, generator=_gen(9)
+        )
+        assert pre.converged and pre.itn * 5 < 300 and not plain.converged, (pre.itn, plain.itn)
+        torch.testing.assert_close(pre.x, torch.linalg.pinv(J) @ b, rtol=1e-6, atol=1e-8)
+        assert pre.conda < 10
 
 
 def test_sample_space_on_jacobian_operator_and_gram():
@@ -179,3 +184,51 @@ def test_sample_space_on_jacobian_operator_and_gram():
     b = -J.residual
     res = solve_sample_space(J, b, tol=1e-12, precond_rank=4, generator=_gen(1))
     torch.testing.assert_close(res.x, torch.linalg.pinv(Jd) @ b, rtol=1e-7, atol=1e-9)
+
+
+def test_sample_space_build_streams_and_stores_n_by_l_only():
+    # Every product with J^T during the build has at most block_size columns, and the stored
+    # basis is n x l; the svd route stores m x (l + 10) and agrees in the solution.
+    n, m = 30, 500
+    J = _wide(n, m, 1e3, seed=2)
+    b = torch.randn(n, generator=_gen(3), dtype=F64)
+    widths = []
+
+    class Spy(ls.LinearOperator):
+        def __init__(self):
+            super().__init__(J.shape, J.dtype, J.device)
+
+        def _matvec(self, x):
+            return J @ x
+
+        def _rmatvec(self, y):
+            return J.T @ y
+
+        def _matmat(self, X):
+            return J @ X
+
+        def _rmatmat(self, Y):
+            widths.append(Y.shape[1])
+            return J.T @ Y
+
+    res = solve_sample_space(Spy(), b, tol=1e-12, precond_rank=12, block_size=4, generator=_gen(1))
+    assert max(widths) <= 4
+    pinfo = res.history["precond"]
+    assert pinfo["basis_nbytes"] == n * 12 * 8
+    svd = solve_sample_space(
+        J, b, tol=1e-12, precond_rank=12, precond_method="svd", generator=_gen(1)
+    )
+    torch.testing.assert_close(res.x, svd.x, rtol=1e-8, atol=1e-10)
+
+
+def test_sample_space_adaptive_rank_and_refusals():
+    n, m = 40, 300
+    J = _wide(n, m, 1e4, seed=3)
+    b = torch.randn(n, generator=_gen(3), dtype=F64)
+    res = solve_sample_space(J, b, tol=1e-12, precond_rank="auto", max_rank=20, generator=_gen(2))
+    assert res.converged and res.history["precond"]["rank"] <= 20
+    torch.testing.assert_close(res.x, torch.linalg.pinv(J) @ b, rtol=1e-7, atol=1e-9)
+    with pytest.raises(ValueError, match="precond_method"):
+        solve_sample_space(J, b, precond_rank=5, precond_method="qr")
+    with pytest.raises(ValueError, match="precond_rank"):
+        solve_sample_space(J, b, precond_rank=0)

@@ -205,6 +205,13 @@ class Krylov(Method):
             return "sample" if 2 * n <= m else "parameter"
         return self.space
 
+    def precond_rank(self, shape, spec) -> int:
+        """The Nystrom rank used: the specification's, else its default capped at ``maxiter``
+        (a build of ``l`` products cannot pay for itself in fewer than ``l`` iterations)."""
+        if spec.rank is not None:
+            return spec.rank
+        return max(1, min(spec.resolved_rank(shape), self.setting("maxiter")))
+
     # ------------------------------------------------------------------ solve
     def solve(self, problem: Problem):
         J = problem.J
@@ -218,6 +225,8 @@ class Krylov(Method):
             spec = spec.nystrom if nys_only else spec.choose(J.shape)
         if mixed and isinstance(spec, Nystrom) and spec.floor is None:
             spec = dataclasses.replace(spec, floor=noise_floor(J.dtype))
+        if isinstance(spec, Nystrom) and spec.rank is None:
+            spec = dataclasses.replace(spec, rank=self.precond_rank(J.shape, spec))
         info: dict = {"space": space, "rank": None, "precision": "mixed" if mixed else str(A.dtype)}
         if space == "sample":
             x, more = self._solve_sample(problem, A, b, spec)
@@ -228,7 +237,7 @@ class Krylov(Method):
 
     def _solve_sample(self, problem, A, b, spec):
         times: dict[str, float] = {}
-        rank = spec.resolved_rank(A.shape) if spec is not None else None
+        rank = self.precond_rank(A.shape, spec) if spec is not None else None
         problem.stage("sample-space CG")
         with timed(times, "solve", A.device):
             res = solve_sample_space(
@@ -238,7 +247,6 @@ class Krylov(Method):
                 maxiter=self.setting("maxiter"),
                 tol=self.setting("atol"),
                 precond_rank=rank,
-                precond_method=spec.method if spec is not None else "svd",
                 generator=problem.generator,
             )
         info = {

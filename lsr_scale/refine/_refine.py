@@ -14,6 +14,7 @@ from ..operators._jacobian import _select_param_names
 from ..operators._params import real_dtype, to_precision
 from ._krylov import Krylov
 from ._legacy import from_legacy
+from ._memory import preflight
 from ._methods import Method, Problem, Products
 from ._model import RefinedModel, _as_tuple
 from ._subspace import DTYPE_HINT, Subspace
@@ -234,6 +235,8 @@ def refine(
         validation = tuple(convert(x) for x in v_in), convert(v_tgt)
         _check_data(validation, "validation", wdtype, device)
 
+    if data is not None:  # estimate; refuse what cannot fit; batch and chunk from free memory
+        products, mem = preflight(method, work, inputs, targets, products)
     bar = progress(
         total=2 + method.stages,
         desc=f"refine ({method.name})",
@@ -286,6 +289,7 @@ def refine(
         times=times,
         peak_mem_bytes=pm.peak_bytes,
         peak_mem_kind=pm.kind,
+        memory_estimate=mem.parts if data is not None else None,
         num_jvp=J.num_matvecs,
         num_vjp=J.num_rmatvecs,
     )

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .._checks import check_tolerance
+from .._checks import check_choice, check_positive_int, check_tolerance
 from ..operators import LinearOperator, aslinearoperator
 from ..solvers._cg import _cg
 from ..solvers._result import SolverResult
@@ -44,7 +44,9 @@ def solve_sample_space(
     tol=1e-6,
     precond_rank=None,
     generator=None,
-    precond_method="svd",
+    precond_method="nystrom",
+    block_size=None,
+    max_rank=None,
     check_every=None,
     callback=None,
 ) -> SolverResult:
@@ -69,14 +71,27 @@ def solve_sample_space(
     tol : float
         Relative residual tolerance of the sample-space system:
         ``||b - (J J^T + damp^2) z|| <= tol ||b||``.
-    precond_rank : int, optional
-        Rank of a Nystrom preconditioner of ``J J^T + damp^2 I`` (built from a randomized SVD
-        of ``J^T``, :class:`~lsr_scale.precond.NystromPreconditioner`); ``None``: none.
+    precond_rank : int or "auto", optional
+        Rank of a Nystrom preconditioner of ``J J^T + damp^2 I``
+        (:class:`~lsr_scale.precond.NystromPreconditioner` of ``J^T``); ``None``: none.
+        ``"auto"``: adaptive, doubling from 16 while the a-posteriori error estimate of
+        ``J J^T`` is above ``1e-10`` (relative), up to ``max_rank``.
     generator : torch.Generator, optional
         Randomness of the preconditioner.
-    precond_method : {"svd", "nystrom"}
-        How the preconditioner approximates ``J J^T`` (see
-        :class:`~lsr_scale.precond.NystromPreconditioner`).
+    precond_method : {"nystrom", "svd"}
+        How the preconditioner approximates ``J J^T``. ``"nystrom"`` (default): the shifted
+        Nystrom sketch of ``J J^T`` itself from ``n``-dimensional test vectors, streamed:
+        only ``n x l`` numbers are stored, and the ``m``-sized transients ``J^T X`` are taken
+        ``block_size`` columns at a time. It resolves ``J J^T`` to its rounding level, which
+        is all CG on ``J J^T`` can use. ``"svd"``: a randomized SVD of ``J^T``, which stores
+        the ``m x (l + 10)`` sample ``J^T Omega`` and its orthonormal basis (the memory this
+        route exists to avoid; kept for comparison).
+    block_size : int, optional
+        Columns per product with ``J^T`` during the build: the build's transient memory is
+        about ``2 m block_size`` numbers. Default: ``J.batch_size`` (or 64), at most what
+        :func:`lsr_scale.refine._memory.choose_block` allows in the free memory.
+    max_rank : int, optional
+        Cap of ``precond_rank="auto"`` (default ``min(300, n // 2)``).
     check_every : int, optional
         Host checks of the CG stopping flag (see :func:`lsr_scale.solvers._cg.cg`).
     callback : callable, optional
@@ -95,9 +110,10 @@ def solve_sample_space(
 
     Notes
     -----
-    Cost: the build (``rank + 10`` JVPs and VJPs), one JVP + one VJP per CG iteration, and
-    two VJPs at the end (``delta = J^T z`` and ``J^T rho`` for ``normar``, batched). The
-    parameter-space residual needs no extra product: with the CG residual
+    Cost: the build (``rank`` JVPs and VJPs; ``rank + 10`` with ``"svd"``), one JVP + one
+    VJP per CG iteration, and two VJPs at the end (``delta = J^T z`` and ``J^T rho`` for
+    ``normar``, batched). The parameter-space residual needs no extra product: with the CG
+    residual
     ``rho = b - (J J^T + damp^2) z``, ``b - J delta = rho + damp^2 z``. CG works on
     ``J J^T``, whose condition number is ``cond(J)^2``: prefer parameter-space LSMR when
     ``n`` is not much smaller than ``m``, or use ``damp > 0`` and the preconditioner.
@@ -125,10 +141,8 @@ def solve_sample_space(
     Minv = None
     pinfo = None
     if precond_rank is not None:
-        from ..precond import NystromPreconditioner
-
-        P = NystromPreconditioner(
-            J.T, precond_rank, damp, generator=generator, method=precond_method
+        P = _build_preconditioner(
+            J, precond_rank, damp, generator, precond_method, block_size, max_rank
         )
         Minv = P.inverse_operator()
         pinfo = P.info()
@@ -164,4 +178,39 @@ def solve_sample_space(
         num_matvecs=J.num_matvecs - mv0,
         num_rmatvecs=J.num_rmatvecs - rmv0,
         history=history,
+    )
+
+
+def _build_preconditioner(J, rank, damp, generator, method, block_size, max_rank):
+    """The Nystrom preconditioner of ``J J^T + damp^2 I`` (``n x l`` stored, see above)."""
+    from ..precond import NystromPreconditioner
+    from ._memory import choose_block
+
+    check_choice(method, ("nystrom", "svd"), "precond_method")
+    n, m = J.shape
+    cap = n if method == "nystrom" else min(n, m)
+    if max_rank is None:
+        max_rank = min(300, max(1, n // 2))
+    max_rank = min(check_positive_int(max_rank, "max_rank"), cap)
+    adaptive = rank == "auto"
+    if adaptive:
+        rank = min(16, max_rank)
+    else:
+        rank = min(check_positive_int(rank, "precond_rank"), cap)
+    if block_size is None:
+        limit = getattr(J, "batch_size", None) or 64
+        block_size = choose_block(m, J.dtype, J.device, limit=limit)
+    else:
+        block_size = check_positive_int(block_size, "block_size")
+    return NystromPreconditioner(
+        J.T,
+        rank,
+        damp,
+        generator=generator,
+        method=method,
+        oversample=10 if method == "svd" else 0,
+        adaptive=adaptive,
+        tol=1e-10,
+        max_rank=max_rank,
+        block_size=block_size,
     )
