@@ -15,6 +15,7 @@ import json
 import math
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -125,7 +126,7 @@ def _function(quick: bool, retrain: bool, progress, log):
     )
     rows.append(_refine_row("subspace", r, err_fn(r), base, case=case))
     # Nystrom: what "auto" picks here (the Jacobian is not 8x taller than wide)
-    krylov = Krylov(preconditioner=Nystrom(rank=None if quick else 200), maxiter=kit)
+    krylov = Krylov(preconditioner=Nystrom(rank=None if quick else 200), maxiter=kit, stall=None)
     r = refine(net, data=(x_tr, y_tr), method=krylov, generator=g, progress_bar=progress)
     rows.append(_refine_row("krylov", r, err_fn(r), base, case=case))
     return rows, {"paper_note": "paper: 10x-100x reduction (target >= 10x at the paper's size)"}
@@ -228,7 +229,7 @@ def _burgers(quick: bool, retrain: bool, progress, log):
             view,
             residual_fn=residual_fn,
             # Nystrom: what "auto" picks here (the Jacobian is not 8x taller than wide)
-            method=Krylov(preconditioner=Nystrom(rank=prank), maxiter=it),
+            method=Krylov(preconditioner=Nystrom(rank=prank), maxiter=it, stall=None),
             generator=torch.Generator().manual_seed(1),
             progress_bar=progress,
         )
@@ -297,7 +298,7 @@ def _antiderivative(quick: bool, retrain: bool, progress, log):
                 how = Subspace(rank=40, subspace="output", subspace_inputs=inputs)
             else:
                 # Nystrom: what "auto" picks here (the Jacobian is not 8x taller than wide)
-                how = Krylov(preconditioner=Nystrom(rank=60), maxiter=200, damp=1e-4)
+                how = Krylov(preconditioner=Nystrom(rank=60), maxiter=200, damp=1e-4, stall=None)
             r = refine(net, residual_fn=fn, method=how, generator=g, progress_bar=False)
             e = prob.instance_errors(
                 lambda inp, r=r: r((inp[0].expand(inp[1].shape[0], -1), inp[1]))[:, 0][None], [i]
@@ -364,7 +365,7 @@ def _poisson(quick: bool, retrain: bool, progress, log, curves: dict | None = No
         net,
         residual_fn=fn,
         # Nystrom: what "auto" picks here (the Jacobian is not 8x taller than wide)
-        method=Krylov(preconditioner=Nystrom(), maxiter=kit),
+        method=Krylov(preconditioner=Nystrom(), maxiter=kit, stall=None),
         generator=g,
         progress_bar=progress,
     )
@@ -466,7 +467,11 @@ def run_reproduce(
     t0 = time.perf_counter()
     kw = {"curves": curves} if workload == "poisson" else {}
     try:
-        rows, meta = _RUNNERS[workload](quick, retrain, progress, log, **kw)
+        with warnings.catch_warnings():
+            # the Krylov rows run fixed iteration budgets (stall=None), as recorded in
+            # docs/results.md: reaching them is the plan, not a surprise
+            warnings.filterwarnings("ignore", "Krylov: stopped at maxiter", RuntimeWarning)
+            rows, meta = _RUNNERS[workload](quick, retrain, progress, log, **kw)
     finally:
         torch.set_num_threads(old_threads)
     for r in rows:
