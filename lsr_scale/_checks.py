@@ -32,7 +32,8 @@ __all__ = [
     "describe",
     "check_auto_or_bool",
     "check_callables",
-    "check_tensor_dict",
+    "check_param_dict",
+    "real_dtype",
     "check_finite_rows",
 ]
 
@@ -241,9 +242,14 @@ def check_callables(value, name: str) -> list:
     return list(value)
 
 
-def check_tensor_dict(value, name: str) -> dict:
-    """Raise unless ``value`` is a non-empty mapping of str to floating tensors sharing one
-    dtype and one device; return it as a new dict (same order, same tensors)."""
+def real_dtype(dtype: torch.dtype) -> torch.dtype:
+    """``float32`` for ``complex64`` (and ``float32``), ``float64`` for ``complex128``, ..."""
+    return dtype.to_real() if dtype.is_complex else dtype
+
+
+def check_param_dict(value, name: str) -> dict:
+    """Raise unless ``value`` is a non-empty mapping of str to floating or complex tensors of
+    one real precision on one device (see the module doc); return it as a new dict."""
     if not isinstance(value, Mapping):
         raise TypeError(f"{name}: expected a dict of str -> torch.Tensor, got {describe(value)}")
     if len(value) == 0:
@@ -254,14 +260,15 @@ def check_tensor_dict(value, name: str) -> dict:
             raise TypeError(f"{name}: expected str keys, got {type(key).__name__} key {key!r}")
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}[{key!r}]: expected a torch.Tensor, got {describe(t)}")
-        if not t.dtype.is_floating_point:
-            raise TypeError(f"{name}[{key!r}]: expected a floating dtype, got {t.dtype}")
+        if not (t.dtype.is_floating_point or t.dtype.is_complex):
+            raise TypeError(f"{name}[{key!r}]: expected a floating or complex dtype, got {t.dtype}")
         if first is None:
             first = (key, t)
-        elif t.dtype != first[1].dtype:
+        elif real_dtype(t.dtype) != real_dtype(first[1].dtype):
             raise TypeError(
-                f"{name}: expected one dtype for all tensors, got {first[1].dtype} "
-                f"({first[0]!r}) and {t.dtype} ({key!r})"
+                f"{name}: expected one dtype for all tensors (complex ones of the matching "
+                f"precision: complex64 with float32, complex128 with float64), got "
+                f"{first[1].dtype} ({first[0]!r}) and {t.dtype} ({key!r})"
             )
         elif t.device != first[1].device:
             raise ValueError(

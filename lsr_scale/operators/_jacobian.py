@@ -27,8 +27,10 @@ from .._checks import (
     check_callables,
     check_choice,
     check_matrix,
+    check_param_dict,
     check_positive_int,
     describe,
+    real_dtype,
 )
 from ._backend import Backend
 from ._base import LinearOperator
@@ -38,10 +40,8 @@ from ._jacobian_checks import check_all_params_used, check_deterministic, check_
 from ._module import check_module_inputs, module_jvp, module_residual
 from ._params import (
     as_complex,
-    check_param_dict,
     complex_keys,
     flatten_params,
-    real_dtype,
     real_numel,
     real_view,
     select_param_names,

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 import torch
 from torch import func as tfunc
 
-from .._checks import describe
-from ._params import as_complex, check_param_dict, complex_keys, real_view, select_param_names
+from .._checks import check_param_dict, describe
+from ._params import as_complex, complex_keys, real_view, select_param_names
 
 __all__ = ["module_jvp"]
 

@@ -20,45 +20,9 @@ from collections.abc import Mapping
 
 import torch
 
-from .._checks import describe
+from .._checks import check_param_dict, describe
 
 __all__ = ["flatten_params", "unflatten_params"]
-
-
-def check_param_dict(value, name: str) -> dict:
-    """Raise unless ``value`` is a non-empty mapping of str to floating or complex tensors of
-    one real precision on one device (see the module doc); return it as a new dict."""
-    if not isinstance(value, Mapping):
-        raise TypeError(f"{name}: expected a dict of str -> torch.Tensor, got {describe(value)}")
-    if len(value) == 0:
-        raise ValueError(f"{name}: expected at least one tensor, got an empty dict")
-    first = None
-    for key, t in value.items():
-        if not isinstance(key, str):
-            raise TypeError(f"{name}: expected str keys, got {type(key).__name__} key {key!r}")
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}[{key!r}]: expected a torch.Tensor, got {describe(t)}")
-        if not (t.dtype.is_floating_point or t.dtype.is_complex):
-            raise TypeError(f"{name}[{key!r}]: expected a floating or complex dtype, got {t.dtype}")
-        if first is None:
-            first = (key, t)
-        elif real_dtype(t.dtype) != real_dtype(first[1].dtype):
-            raise TypeError(
-                f"{name}: expected one dtype for all tensors (complex ones of the matching "
-                f"precision: complex64 with float32, complex128 with float64), got "
-                f"{first[1].dtype} ({first[0]!r}) and {t.dtype} ({key!r})"
-            )
-        elif t.device != first[1].device:
-            raise ValueError(
-                f"{name}: expected one device for all tensors, got {first[1].device} "
-                f"({first[0]!r}) and {t.device} ({key!r})"
-            )
-    return dict(value)
-
-
-def real_dtype(dtype: torch.dtype) -> torch.dtype:
-    """``float32`` for ``complex64`` (and ``float32``), ``float64`` for ``complex128``, ..."""
-    return dtype.to_real() if dtype.is_complex else dtype
 
 
 def complex_keys(params: Mapping[str, torch.Tensor]) -> tuple[str, ...]:

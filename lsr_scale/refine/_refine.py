@@ -7,11 +7,11 @@ import time
 
 import torch
 
-from .._checks import check_finite_rows, check_generator, check_inputs
+from .._checks import check_finite_rows, check_generator, check_inputs, real_dtype
 from .._utils import PeakMemory, progress, timed
 from ..operators import JacobianOperator
 from ..operators._jacobian import _select_param_names
-from ..operators._params import real_dtype, to_precision
+from ..operators._params import to_precision
 from ._krylov import Krylov
 from ._legacy import from_legacy
 from ._memory import preflight
