@@ -49,6 +49,15 @@ class LinearOperator:
     Operators compose: ``A @ B``, ``A + B``, ``A - B``, ``alpha * A``, ``-A`` and ``A.T``
     return new operators that evaluate lazily.
 
+    *Row space.* The solvers take every norm and inner product of a vector in the output
+    space (a residual-like vector: ``b``, ``u``, ``r``) through :meth:`row_norm`,
+    :meth:`row_dot`, :meth:`row_reduce` and :meth:`row_orth`. Here they are the plain torch
+    operations; an operator whose rows are distributed over processes
+    (:class:`lsr_scale.distributed.ShardedOperator`) overrides them with all-reduces, and the
+    compositions pass them on from the operator that owns their rows. Such an operator also
+    has a :attr:`local_shape` (the rows this process holds) that differs from ``shape``: the
+    vectors it takes and returns have the local sizes.
+
     Examples
     --------
     >>> import torch, lsr_scale as ls
@@ -70,6 +79,52 @@ class LinearOperator:
         self.device = torch.device(device)
         self.num_matvecs = 0
         self.num_rmatvecs = 0
+
+    # ------------------------------------------------------------------ row space
+    # Set by compositions to the operator whose output space (rows) they share; None: their
+    # own. The hooks below then pass on to it, so a row-sharded operator keeps its reductions
+    # under ``A @ M`` and the solvers' wrappers.
+    _rows: LinearOperator | None = None
+
+    @property
+    def row_sharded(self) -> bool:
+        """Whether the rows are distributed over processes (``lsr_scale.distributed``)."""
+        return self._rows is not None and self._rows.row_sharded
+
+    @property
+    def local_shape(self) -> tuple[int, int]:
+        """``(rows, columns)`` held by this process: ``shape`` unless the rows (or, for a
+        transpose, the columns) are distributed. The vectors the products take and return
+        have these sizes."""
+        if self._rows is None:
+            return self.shape
+        return (self._rows.local_shape[0], self.shape[1])
+
+    def row_norm(self, u: torch.Tensor) -> torch.Tensor:
+        """``||u||`` of a vector ``u`` in the output space (0-d tensor)."""
+        if self._rows is not None:
+            return self._rows.row_norm(u)
+        return torch.linalg.vector_norm(u)
+
+    def row_dot(self, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``u^T w`` for vectors in the output space (0-d tensor)."""
+        if self._rows is not None:
+            return self._rows.row_dot(u, w)
+        return torch.dot(u, w)
+
+    def row_reduce(self, partial: torch.Tensor) -> torch.Tensor:
+        """A sum over the output rows, given this process's part (e.g. ``Q^T Y`` or column
+        sums of squares): ``partial`` itself unless the rows are distributed."""
+        if self._rows is not None:
+            return self._rows.row_reduce(partial)
+        return partial
+
+    def row_orth(self, Y: torch.Tensor) -> torch.Tensor:
+        """An orthonormal basis of the columns of ``Y`` (rows in the output space): the ``Q``
+        of a reduced QR."""
+        if self._rows is not None:
+            return self._rows.row_orth(Y)
+        return torch.linalg.qr(Y, mode="reduced").Q
 
     # ------------------------------------------------------------------ to implement
     def _matvec(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
@@ -93,25 +148,33 @@ class LinearOperator:
     # ------------------------------------------------------------------ public products
     def matvec(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``A @ x`` for a vector ``x`` of shape ``(n,)``."""
-        check_vector(x, self.shape[1], self.dtype, self.device, f"{type(self).__name__}.matvec x")
+        check_vector(
+            x, self.local_shape[1], self.dtype, self.device, f"{type(self).__name__}.matvec x"
+        )
         self.num_matvecs += 1
         return self._matvec(x)
 
     def rmatvec(self, y: torch.Tensor) -> torch.Tensor:
         """Return ``A.T @ y`` for a vector ``y`` of shape ``(m,)``."""
-        check_vector(y, self.shape[0], self.dtype, self.device, f"{type(self).__name__}.rmatvec y")
+        check_vector(
+            y, self.local_shape[0], self.dtype, self.device, f"{type(self).__name__}.rmatvec y"
+        )
         self.num_rmatvecs += 1
         return self._rmatvec(y)
 
     def matmat(self, X: torch.Tensor) -> torch.Tensor:
         """Return ``A @ X`` for a matrix ``X`` of shape ``(n, k)``."""
-        check_matrix(X, self.shape[1], self.dtype, self.device, f"{type(self).__name__}.matmat X")
+        check_matrix(
+            X, self.local_shape[1], self.dtype, self.device, f"{type(self).__name__}.matmat X"
+        )
         self.num_matvecs += X.shape[1]
         return self._matmat(X)
 
     def rmatmat(self, Y: torch.Tensor) -> torch.Tensor:
         """Return ``A.T @ Y`` for a matrix ``Y`` of shape ``(m, k)``."""
-        check_matrix(Y, self.shape[0], self.dtype, self.device, f"{type(self).__name__}.rmatmat Y")
+        check_matrix(
+            Y, self.local_shape[0], self.dtype, self.device, f"{type(self).__name__}.rmatmat Y"
+        )
         self.num_rmatvecs += Y.shape[1]
         return self._rmatmat(Y)
 
@@ -223,6 +286,11 @@ class _TransposedOperator(LinearOperator):
         super().__init__((A.shape[1], A.shape[0]), A.dtype, A.device)
         self.A = A
 
+    @property
+    def local_shape(self):
+        rows, cols = self.A.local_shape
+        return (cols, rows)
+
     def _matvec(self, x):
         return self.A.rmatvec(x)
 
@@ -249,6 +317,11 @@ class _ProductOperator(LinearOperator):
         _check_compatible(A, B, "A @ B")
         super().__init__((A.shape[0], B.shape[1]), A.dtype, A.device)
         self.A, self.B = A, B
+        self._rows = A
+
+    @property
+    def local_shape(self):
+        return (self.A.local_shape[0], self.B.local_shape[1])
 
     def _matvec(self, x):
         return self.A.matvec(self.B.matvec(x))
@@ -270,6 +343,11 @@ class _SumOperator(LinearOperator):
         _check_compatible(A, B, "A + B")
         super().__init__(A.shape, A.dtype, A.device)
         self.A, self.B = A, B
+        self._rows = A
+
+    @property
+    def local_shape(self):
+        return self.A.local_shape
 
     def _matvec(self, x):
         return self.A.matvec(x) + self.B.matvec(x)
@@ -288,6 +366,11 @@ class _ScaledOperator(LinearOperator):
     def __init__(self, A: LinearOperator, alpha: float) -> None:
         super().__init__(A.shape, A.dtype, A.device)
         self.A, self.alpha = A, float(alpha)
+        self._rows = A
+
+    @property
+    def local_shape(self):
+        return self.A.local_shape
 
     def _matvec(self, x):
         return self.alpha * self.A.matvec(x)
@@ -379,6 +462,7 @@ class SubspaceOperator(LinearOperator):
             )
         super().__init__((A.shape[0], P.shape[1]), A.dtype, A.device)
         self.A, self.P = A, P
+        self._rows = A
 
     def _matvec(self, c):
         return self.A.matvec(self.P @ c)

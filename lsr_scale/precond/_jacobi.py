@@ -47,7 +47,7 @@ def column_norms(
 
             def step(j0, j1):
                 E = identity_columns(m, j0, j1, A.dtype, dev)
-                out[j0:j1] = A.matmat(E).square().sum(dim=0)
+                out[j0:j1] = A.row_reduce(A.matmat(E).square().sum(dim=0))
 
             run_blocks(m, c, step, what=what, setting="chunk", device=dev)
             return out, method

@@ -98,22 +98,24 @@ class RangeFinder:
         A = self.A
         if Y is None:
             Y = self.sample(Omega)
+        # Y and Q live in A's row space: their QR and inner products go through A's row
+        # hooks (plain torch unless the rows are sharded over processes)
         for _ in range(self.power_iters):
-            Z = self._apply(A.rmatmat, _orth(Y), "A.rmatmat")
+            Z = self._apply(A.rmatmat, A.row_orth(Y), "A.rmatmat")
             Y = self._apply(A.matmat, _orth(Z), "A.matmat")
         if self.Q is None:
-            self.Q = _orth(Y)
+            self.Q = A.row_orth(Y)
         else:
             for _ in range(2):
-                Y = Y - self.Q @ (self.Q.T @ Y)
-            Q2 = _orth(Y)
+                Y = Y - self.Q @ A.row_reduce(self.Q.T @ Y)
+            Q2 = A.row_orth(Y)
             # Past the numerical rank of A (or with power iterations, which turn Y towards
             # what Q already holds) what is left of Y is rounding noise, and the QR scales it
             # up into directions that are not orthogonal to Q: project those out once more.
             # While the block adds real directions this never triggers.
-            C = self.Q.T @ Q2
+            C = A.row_reduce(self.Q.T @ Q2)
             if float(torch.linalg.matrix_norm(C, ord=2)) > torch.finfo(C.dtype).eps ** 0.5:
-                Q2 = _orth(Q2 - self.Q @ C)
+                Q2 = A.row_orth(Q2 - self.Q @ C)
             self.Q = torch.cat([self.Q, Q2], dim=1)
         self._svd_bt = None
 
@@ -154,7 +156,7 @@ class RangeFinder:
         Y = self.sample(Omega)
         V, S, W = self._factors()
         R = Y - self.Q @ (W[:, :r] @ (S[:r, None] * (V[:, :r].T @ Omega)))
-        return Y, R.square().sum(dim=0)
+        return Y, self.A.row_reduce(R.square().sum(dim=0))
 
 
 def _check_args(A, rank, oversample, power_iters, generator, block_size):

@@ -221,13 +221,26 @@ class Krylov(Method):
         space = self.resolved_space(J.shape)
         spec = self.preconditioner
         if isinstance(spec, Auto):  # target_rank reads the spectrum off a Nystrom build
-            nys_only = space == "sample" or self.target_rank is not None
+            # (rows sharded over processes: the sketch does not run there)
+            nys_only = space == "sample" or self.target_rank is not None or J.row_sharded
             spec = spec.nystrom if nys_only else spec.choose(J.shape)
+        if isinstance(spec, Sketch) and J.row_sharded:
+            raise ValueError(
+                "Krylov.preconditioner: the sketch preconditioner does not run with rows "
+                "sharded over processes (lsr_scale.distributed), got it; use "
+                "ls.precond.Nystrom(...) or None"
+            )
         if mixed and isinstance(spec, Nystrom) and spec.floor is None:
             spec = dataclasses.replace(spec, floor=noise_floor(J.dtype))
         if isinstance(spec, Nystrom) and spec.rank is None:
             spec = dataclasses.replace(spec, rank=self.precond_rank(J.shape, spec))
         info: dict = {"space": space, "rank": None, "precision": "mixed" if mixed else str(A.dtype)}
+        if space == "sample" and J.row_sharded:
+            raise ValueError(
+                "Krylov.space: sample space is not available with rows sharded over processes "
+                f"(lsr_scale.distributed), got space={self.space!r} resolving to 'sample'; "
+                "use space='parameter'"
+            )
         if space == "sample":
             x, more = self._solve_sample(problem, A, b, spec)
         else:
@@ -376,8 +389,9 @@ class _Monitor:
             self.Jv = problem.jacobian_at(v_in)
             self.q0 = self.Jv.residual
             self.tgt = v_tgt.reshape(-1).to(self.q0.dtype)
-            self.tnorm = float(self.tgt.norm().clamp_min(1e-300))
-            err = float((self.q0 - self.tgt).norm()) / self.tnorm
+            # norms through row_norm: global when the rows are sharded over processes
+            self.tnorm = float(self.Jv.row_norm(self.tgt).clamp_min(1e-300))
+            err = float(self.Jv.row_norm(self.q0 - self.tgt)) / self.tnorm
             self.val_history.append((0, err))
         self.A = A
         self.b = problem.b
@@ -388,7 +402,7 @@ class _Monitor:
             return
         if self.Jv is not None:
             pred = self.q0 + self.Jv.matvec(x.to(self.Jv.dtype))
-            err = float((pred - self.tgt).norm()) / self.tnorm
+            err = float(self.Jv.row_norm(pred - self.tgt)) / self.tnorm
             self.val_history.append((self.itn, err))
             if err < self.best_err:
                 self.best_err, self.best_itn, self.best = err, self.itn, x.clone()
@@ -405,7 +419,7 @@ class _Monitor:
         if self.stall is not None:
             # ||r|| from the solver's own history is not visible here: recompute it every
             # check (one product per `every` iterations)
-            normr = float((self.A.matvec(x) - self.b.to(self.A.dtype)).norm())
+            normr = float(self.A.row_norm(self.A.matvec(x) - self.b.to(self.A.dtype)))
             self.normr_at.append(normr)
             if len(self.normr_at) >= 2:
                 prev = self.normr_at[-2]

@@ -68,6 +68,10 @@ class Products:
             check=check,
         )
 
+    def residual_jacobian(self, residual_fn, theta):
+        """The Jacobian operator of ``residual_fn`` at the parameters ``theta`` (a dict)."""
+        return JacobianOperator(residual_fn, theta, jvp=self.jvp, batch_size=self.batch_size)
+
 
 @dataclass(frozen=True)
 class Problem:

@@ -50,6 +50,7 @@ class MixedPrecisionOperator(LinearOperator):
     def __init__(self, A: LinearOperator, dtype: torch.dtype = torch.float64) -> None:
         super().__init__(A.shape, dtype, A.device)
         self.inner = A
+        self._rows = A  # A's row space (and its reductions, when sharded over processes)
 
     @property
     def num_matvecs(self):

@@ -9,7 +9,6 @@ import torch
 
 from .._checks import check_finite_rows, check_generator, check_inputs, real_dtype
 from .._utils import PeakMemory, progress, timed
-from ..operators import JacobianOperator
 from ..operators._jacobian import _select_param_names
 from ..operators._params import to_precision
 from ._krylov import Krylov
@@ -259,9 +258,7 @@ def refine(
             else:
                 names = _select_param_names(dict(model.named_parameters()), params)
                 theta = {k: v.detach() for k, v in model.named_parameters() if k in names}
-                J = JacobianOperator(
-                    residual_fn, theta, jvp=products.jvp, batch_size=products.batch_size
-                )
+                J = products.residual_jacobian(residual_fn, theta)
         b = -J.residual
         problem = Problem(J, b, work, inputs, validation, products, generator, stage)
         delta, info = method.solve(problem)
@@ -284,8 +281,9 @@ def refine(
         n_params=m,
         param_names=list(J.param_names),
         jvp_mode=J.jvp_mode,
-        loss_before=0.5 * float(b.double().norm() ** 2),
-        loss_linearized=0.5 * float(lin_res.double().norm() ** 2),
+        # global sums when J's rows are sharded over processes (lsr_scale.distributed)
+        loss_before=0.5 * float(J.row_norm(b.double()) ** 2),
+        loss_linearized=0.5 * float(J.row_norm(lin_res.double()) ** 2),
         times=times,
         peak_mem_bytes=pm.peak_bytes,
         peak_mem_kind=pm.kind,

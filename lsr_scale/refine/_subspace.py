@@ -261,6 +261,11 @@ class Subspace(Method):
     # ------------------------------------------------------------------ solve
     def solve(self, problem: Problem):
         J, b = problem.J, problem.b
+        if J.row_sharded:  # its reduced problem is dense in the rows
+            raise ValueError(
+                "Subspace: expected a Jacobian on one process, got one with rows sharded over "
+                "processes (lsr_scale.distributed); use ls.Krylov there"
+            )
         device = J.device
         times: dict[str, float] = {}
         info: dict = {}

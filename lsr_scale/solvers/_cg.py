@@ -92,8 +92,11 @@ def cg(
     Notes
     -----
     Per iteration: one product with ``A``, one with ``M``, and no host-device sync except
-    the stopping check. The Ritz values behind ``conda`` underestimate the condition number
-    early on and converge to the extreme eigenvalues as the iteration proceeds.
+    the stopping check. Inner products and norms go through ``A.row_dot`` and
+    ``A.row_norm`` (plain ``torch.dot`` and ``vector_norm`` unless ``A``'s rows, and so its
+    vectors, are sharded over processes: :mod:`lsr_scale.distributed`). The Ritz values
+    behind ``conda`` underestimate the condition number early on and converge to the extreme
+    eigenvalues as the iteration proceeds.
 
     References
     ----------
@@ -135,7 +138,8 @@ def _cg(
     n = A.shape[0]
     if A.shape[1] != n:
         raise ValueError(f"A: expected a square operator, got shape {A.shape}")
-    check_vector(b, n, A.dtype, A.device, "b", like="A")
+    nl = A.local_shape[0]  # the entries this process holds (n unless A is row-sharded)
+    check_vector(b, nl, A.dtype, A.device, "b", like="A")
     rtol = check_tolerance(rtol, "rtol")
     atol = check_tolerance(atol, "atol")
     maxiter = 10 * n if maxiter is None else check_nonnegative_int(maxiter, "maxiter")
@@ -147,9 +151,9 @@ def _cg(
         M = aslinearoperator(M)
         check_operator(M, (n, n), A.dtype, A.device, "M")
     if x0 is not None:
-        check_vector(x0, n, A.dtype, A.device, "x0", like="A")
+        check_vector(x0, nl, A.dtype, A.device, "x0", like="A")
     mv0 = A.num_matvecs
-    norm = torch.linalg.vector_norm
+    norm, dot = A.row_norm, A.row_dot
     with torch.no_grad():
         if x0 is None:
             x = torch.zeros_like(b)
@@ -172,14 +176,14 @@ def _cg(
             maxiter_eff = maxiter
         z = M.matvec(r) if M is not None else r
         p = z.clone()
-        rz = torch.dot(r, z)
+        rz = dot(r, z)
         done = torch.zeros((), dtype=torch.bool, device=b.device)
         bad = torch.zeros((), dtype=torch.bool, device=b.device)
         zero = torch.zeros((), dtype=b.dtype, device=b.device)
         n_active = torch.zeros((), dtype=torch.int64, device=b.device)
         for it in range(maxiter_eff):
             q = A.matvec(p)
-            pq = torch.dot(p, q)
+            pq = dot(p, q)
             neg = pq <= 0
             bad = bad | (neg & ~done)
             stop_now = done | neg
@@ -187,7 +191,7 @@ def _cg(
             x.add_(alpha * p)
             r.sub_(alpha * q)
             z = M.matvec(r) if M is not None else r
-            rz_new = torch.dot(r, z)
+            rz_new = dot(r, z)
             beta = torch.where(stop_now, zero, rz_new / torch.where(rz == 0, rz.new_ones(()), rz))
             p.mul_(beta).add_(z)
             rz = torch.where(stop_now, rz, rz_new)

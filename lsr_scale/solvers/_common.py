@@ -4,6 +4,11 @@ the bookkeeping of results, checkpoints and interrupts.
 
 Everything a Krylov iteration touches per step stays on the operator's device: the helpers
 here work on 0-d tensors and never read a value back to the host.
+
+Norms of vectors in the operator's output space (``b``, ``u``) go through the operator's
+``row_norm`` (:class:`~lsr_scale.LinearOperator`): ``torch.linalg.vector_norm`` itself, unless
+the rows are sharded over processes (:mod:`lsr_scale.distributed`), where it is the global
+norm. Vectors in the input space (``v``, ``x``) are replicated there and normed locally.
 """
 
 from __future__ import annotations
@@ -77,12 +82,48 @@ def stop_code(itn, maxiter, test1, rtol, test2, atol, test3, ctol, t1) -> torch.
 
 # ---------------------------------------------------------------------------- operators
 class _DampedStack(LinearOperator):
-    """``[A; damp I]`` (shape ``(m + n, n)``), used to keep ``damp`` on ``x`` under ``M``."""
+    """``[A; damp I]`` (shape ``(m + n, n)``), used to keep ``damp`` on ``x`` under ``M``.
+
+    With ``A``'s rows sharded over processes, a vector of the stack holds this process's rows
+    of ``A`` and then the ``n`` damping rows, which every process holds (replicated): its
+    norm counts those once.
+    """
 
     def __init__(self, A: LinearOperator, damp: float) -> None:
         m, n = A.shape
         super().__init__((m + n, n), A.dtype, A.device)
-        self.A, self.damp, self._m = A, float(damp), m
+        self.A, self.damp = A, float(damp)
+        self._m = A.local_shape[0]  # the rows of A in a (local) vector of the stack
+
+    @property
+    def row_sharded(self) -> bool:
+        return self.A.row_sharded
+
+    @property
+    def local_shape(self):
+        return (self._m + self.shape[1], self.shape[1])
+
+    def row_norm(self, u):
+        if not self.A.row_sharded:
+            return torch.linalg.vector_norm(u)
+        m = self._m
+        return torch.hypot(self.A.row_norm(u[:m]), torch.linalg.vector_norm(u[m:]))
+
+    def row_dot(self, u, w):
+        if not self.A.row_sharded:
+            return torch.dot(u, w)
+        m = self._m
+        return self.A.row_dot(u[:m], w[:m]) + torch.dot(u[m:], w[m:])
+
+    def row_reduce(self, partial):
+        if self.A.row_sharded:  # a partial sum over all rows cannot be split again
+            raise NotImplementedError("row_reduce of a damped stack of a row-sharded operator")
+        return partial
+
+    def row_orth(self, Y):
+        if self.A.row_sharded:
+            raise NotImplementedError("row_orth of a damped stack of a row-sharded operator")
+        return torch.linalg.qr(Y, mode="reduced").Q
 
     def _matvec(self, x):
         return torch.cat([self.A.matvec(x), self.damp * x])
@@ -161,9 +202,12 @@ def prepare(
     """
     A = aslinearoperator(A)
     m, n = A.shape
-    if isinstance(b, torch.Tensor) and b.shape == (m, 1):
+    # b holds the rows of A this process has (all of them unless A is row-sharded)
+    mb = A.local_shape[0]
+    if isinstance(b, torch.Tensor) and b.shape == (mb, 1):
         b = b[:, 0]
-    check_vector(b, m, A.dtype, A.device, "b", note=" (A.shape[0]; (m, 1) is also taken)", like="A")
+    note = " (A.shape[0]; (m, 1) is also taken)" if mb == m else " (A.local_shape[0])"
+    check_vector(b, mb, A.dtype, A.device, "b", note=note, like="A")
     b = b.detach()
     damp = check_tolerance(damp, "damp")
     atol = check_tolerance(atol, "atol")
@@ -198,7 +242,7 @@ def prepare(
     state = None if resume is None else check_resume(resume, settings, A.device)
 
     counts0 = (A.num_matvecs, A.num_rmatvecs)
-    normb = torch.linalg.vector_norm(b)
+    normb = A.row_norm(b)
     if state is not None:
         if not torch.equal(normb, state.scalars["normb"]):
             raise ValueError(
@@ -229,9 +273,9 @@ def prepare(
                 u = torch.cat([u, torch.zeros(n, dtype=A.dtype, device=A.device)])
         else:
             op, damp_eff = A @ M, 0.0
-    if u.shape != (op.shape[0],) or y.shape != (ny,):
+    if u.shape != (op.local_shape[0],) or y.shape != (ny,):
         raise ValueError(
-            f"resume: expected vectors u of shape ({op.shape[0]},) and y of shape ({ny},), "
+            f"resume: expected vectors u of shape ({op.local_shape[0]},) and y of shape ({ny},), "
             f"got {tuple(u.shape)} and {tuple(y.shape)}"
         )
 
@@ -323,7 +367,7 @@ def bidiag_start(prob: Problem):
     u, x = prob.u, prob.y
     norm = torch.linalg.vector_norm
     normb = prob.normb
-    beta = norm(u)
+    beta = prob.op.row_norm(u)
     if float(normb) == 0.0 or float(beta) == 0.0:
         if float(normb) == 0.0:
             x.zero_()
@@ -343,7 +387,7 @@ def bidiag_step(op, u, v, alpha, one):
     """
     norm = torch.linalg.vector_norm
     u.mul_(-alpha).add_(op.matvec(v).detach())
-    beta = norm(u)
+    beta = op.row_norm(u)  # u: output space (sharded with A's rows); v: input space
     u.mul_(safe_div(one, beta))
     v.mul_(-beta).add_(op.rmatvec(u).detach())
     alpha = norm(v)
