@@ -5,7 +5,7 @@ least-squares problem min ||G0 delta + f0|| is solved through Jacobian-vector pr
 (Cao & Zhang, arXiv 2601.13989, made matrix-free). See ``docs/`` for the user guide.
 """
 
-from . import cuda, models, pde, precond, problems, sketch, testing
+from . import cuda, distributed, models, pde, precond, problems, sketch, testing
 from .cuda import show_config
 from .operators import JacobianOperator, LinearOperator, aslinearoperator
 from .randomized import randomized_range_finder, randomized_svd
@@ -41,6 +41,7 @@ __all__ = [
     "IterativeResult",
     "show_config",
     "cuda",
+    "distributed",
     "sketch",
     "precond",
     "testing",
