@@ -32,23 +32,29 @@ after every row.
 
 from __future__ import annotations
 
-import argparse
-import copy
-import json
-import math
 import os
-import platform
-import subprocess
 import sys
-import tempfile
-import time
-import warnings
-from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
-import torch
-from torch.func import functional_call, jacrev, jvp, vjp, vmap
+if "--threads" in sys.argv:  # numpy/scipy BLAS threads as torch's, set before numpy loads
+    _t = sys.argv[sys.argv.index("--threads") + 1]
+    for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_v, _t)
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.func import functional_call, jacrev, jvp, vjp, vmap  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
@@ -757,9 +763,16 @@ def main(argv=None):
         redo = {tuple(s.split(":")) for s in args.redo}
         doc["rows"] = [r for r in doc["rows"] if (r["problem"], r["key"]) not in redo]
         for problem in args.problems:
-            for key in [k for k, _ in TOOLS if k in args.tools]:
-                if any(r["problem"] == problem and r["key"] == key for r in doc["rows"]):
+            for key in args.tools:  # in the order given (default: TOOLS)
+                if any(
+                    r["problem"] == problem and r["key"] == key and not r.get("pending")
+                    for r in doc["rows"]
+                ):
                     continue
+                # a placeholder ("pending": a row a session had no time for) is replaced
+                doc["rows"] = [
+                    r for r in doc["rows"] if not (r["problem"] == problem and r["key"] == key)
+                ]
                 budget = _budget(doc, problem, args.quick)
                 t0 = time.perf_counter()
                 if args.quick:
