@@ -62,7 +62,9 @@ def test_integer_targets_refused_like_other_dtypes():
     y_int = torch.zeros(40, 1, dtype=torch.int64)
     with pytest.raises(TypeError, match="targets: expected dtype torch.float64 .*got torch.int64"):
         ls.refine(net, data=(x, y_int))
-    with pytest.raises(TypeError, match="targets: expected dtype torch.float64 .*got torch.float16"):
+    with pytest.raises(
+        TypeError, match="targets: expected dtype torch.float64 .*got torch.float16"
+    ):
         ls.refine(net, data=(x, y_int.half()))
     assert net.calls == 0
 
@@ -114,3 +116,29 @@ def test_load_of_a_version_1_file_warns(tmp_path):
     torch.save(payload, path)
     with pytest.raises(ValueError, match="expected save format version 1 or 2, got 7"):
         ls.RefinedModel.load(path, net)
+
+
+def test_dataloader_data_gives_the_tensor_result():
+    """data= as a DataLoader: batches are uncached row blocks; same delta as the tensors."""
+    x, y = _data(n=60)
+    net = _tanh_net()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    for method in (ls.Subspace(rank=12), ls.Krylov(maxiter=15, stall=None)):
+        # the same row blocks as tensors: chunk_size = the batch size
+        a = ls.refine(
+            net,
+            data=(x, y),
+            method=method,
+            products=ls.Products(chunk_size=16),
+            generator=torch.Generator().manual_seed(1),
+        )
+        b = ls.refine(net, data=loader, method=method, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(b.delta, a.delta, rtol=1e-10, atol=1e-12)
+        assert b.info["n_rows"] == 60
+    with pytest.raises(ValueError, match="Products.chunk_size: applies to tensor data="):
+        ls.refine(net, data=loader, products=ls.Products(chunk_size=8))
+    bad = x.clone()
+    bad[40, 0] = float("nan")
+    nan_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(bad, y), batch_size=16)
+    with pytest.raises(ValueError, match=r"data batch 2 inputs: expected finite values"):
+        ls.refine(net, data=nan_loader)

@@ -70,7 +70,13 @@ class Products:
 
     def residual_jacobian(self, residual_fn, theta):
         """The Jacobian operator of ``residual_fn`` at the parameters ``theta`` (a dict)."""
-        return JacobianOperator(residual_fn, theta, jvp=self.jvp, batch_size=self.batch_size)
+        return JacobianOperator(
+            residual_fn,
+            theta,
+            jvp=self.jvp,
+            batch_size=self.batch_size,
+            batching=self.batching,
+        )
 
 
 @dataclass(frozen=True)

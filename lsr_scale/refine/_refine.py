@@ -13,6 +13,7 @@ from ..operators._jacobian import _select_param_names
 from ..operators._params import to_precision
 from ._krylov import Krylov
 from ._legacy import from_legacy
+from ._loader import LoaderData, is_loader
 from ._memory import preflight
 from ._methods import Method, Problem, Products
 from ._model import RefinedModel, _as_tuple
@@ -102,9 +103,12 @@ def refine(
     ----------
     model : torch.nn.Module
         The trained network. It is never modified.
-    data : (inputs, targets), optional
+    data : (inputs, targets) or DataLoader, optional
         Supervised data: residual ``model(*inputs) - targets``. ``inputs`` is a tensor or a
-        tuple of tensors passed positionally (a DeepONet takes ``(branch, trunk)``).
+        tuple of tensors passed positionally (a DeepONet takes ``(branch, trunk)``). Data that
+        does not fit in memory: a ``torch.utils.data.DataLoader`` of ``(inputs, targets)``
+        batches; each batch is a row block, re-read from the dataset at every product (no
+        activations cached; the batch order is fixed once).
     residual_fn : callable, optional
         Instead of ``data``: ``residual_fn(params) -> Tensor`` for a dict of the selected
         parameters (by name), typically through ``torch.func.functional_call(model, params,
@@ -224,17 +228,28 @@ def refine(
             return t
         return t.to(wdtype)
 
-    inputs = targets = None
-    if data is not None:
+    inputs = targets = probe = None
+    loader = None
+    if data is not None and is_loader(data):  # row blocks re-read from the dataset
+        if products.chunk_size is not None:
+            raise ValueError(
+                "Products.chunk_size: applies to tensor data=, got it with a DataLoader (its "
+                "batches are the row blocks)"
+            )
+        loader = LoaderData(data, convert)
+        probe = loader.check(wdtype, device, _check_data)
+    elif data is not None:
         inputs, targets = _check_pair(data, "data")
         inputs, targets = tuple(convert(x) for x in inputs), convert(targets)
         _check_data((inputs, targets), "data", wdtype, device)
+        probe = inputs
     if validation is not None:
         v_in, v_tgt = _check_pair(validation, "validation")
         validation = tuple(convert(x) for x in v_in), convert(v_tgt)
         _check_data(validation, "validation", wdtype, device)
 
-    if data is not None:  # estimate; refuse what cannot fit; batch and chunk from free memory
+    mem = None
+    if inputs is not None:  # estimate; refuse what cannot fit; batch and chunk from free memory
         products, mem = preflight(method, work, inputs, targets, products)
     bar = progress(
         total=2 + method.stages,
@@ -253,7 +268,9 @@ def refine(
     with PeakMemory(device) as pm:
         stage("linearize")
         with timed(times, "linearize", device):
-            if data is not None:
+            if loader is not None:
+                J = loader.jacobian(work, params, products)
+            elif data is not None:
                 J = products.jacobian(work, inputs, targets, params=params)
             else:
                 names = _select_param_names(dict(model.named_parameters()), params)
@@ -287,7 +304,7 @@ def refine(
         times=times,
         peak_mem_bytes=pm.peak_bytes,
         peak_mem_kind=pm.kind,
-        memory_estimate=mem.parts if data is not None else None,
+        memory_estimate=mem.parts if mem is not None else None,
         num_jvp=J.num_matvecs,
         num_vjp=J.num_rmatvecs,
     )
@@ -297,5 +314,5 @@ def refine(
     # returns the model's dtype (RefinedModel.io_dtype)
     frozen = work if work is not model else copy.deepcopy(model)
     return RefinedModel(
-        frozen, J.param_names, delta.detach(), info, probe_inputs=inputs, io_dtype=out_dtype
+        frozen, J.param_names, delta.detach(), info, probe_inputs=probe, io_dtype=out_dtype
     )
