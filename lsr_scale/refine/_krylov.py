@@ -267,7 +267,7 @@ class Krylov(Method):
             "solver": res,
             "iterations": res.itn,
             "times": times,
-            "stop": _stop_text(res, None),
+            "stop": _stop_text(res),
         }
         _warn_maxiter(res, info["stop"])
         return res.x, info
@@ -334,7 +334,7 @@ class Krylov(Method):
         x = res.x
         if monitor.best is not None:
             x = monitor.best
-        stop = monitor.reason or _stop_text(res, None)
+        stop = monitor.reason or _stop_text(res)
         if interrupted:
             stop = "interrupted (KeyboardInterrupt)"
         info = {
@@ -431,8 +431,8 @@ class _Monitor:
                     raise _EarlyStop
 
 
-def _stop_text(res, _):
-    return f"{int(res.istop)}: {res.message}" if hasattr(res, "message") else str(res.istop)
+def _stop_text(res):
+    return f"{int(res.istop)}: {res.message}"
 
 
 def _warn_maxiter(res, stop):
