@@ -12,7 +12,7 @@ from lsr_scale import pde
 from lsr_scale.problems._antiderivative import AntiderivativeProblem
 from lsr_scale.problems._burgers import BurgersProblem, DeepONetGrid, solve_burgers
 from lsr_scale.problems._checkpoint import load_checkpoint, save_checkpoint
-from lsr_scale.problems._grf import periodic_grf, rbf_grf
+from lsr_scale.problems._grf import eval_fourier, periodic_grf, rbf_grf, sine_grf
 from lsr_scale.problems._poisson import PoissonProblem, exact_solution, source_term
 
 
@@ -56,6 +56,54 @@ def test_periodic_grf_has_the_prescribed_spectrum():
     assert abs(mean0.var() - 1.0) < 0.1
     c1 = math.sqrt(2) * (u * np.cos(2 * np.pi * np.arange(64) / 64)).mean(axis=1)
     assert abs(c1.var() / (625 / (4 * np.pi**2 + 25) ** 2) - 1) < 0.1
+
+
+def test_burgers_solver_on_a_length_two_interval_is_exact_on_the_heat_equation():
+    # The viscid data set's domain: [-1, 1), sin(k pi x) decays as exp(-nu (k pi)^2 t).
+    x = -1 + 2 * np.arange(64) / 64
+    u0 = np.sin(np.pi * x) - 0.5 * np.sin(3 * np.pi * x)
+    u = solve_burgers(u0, nu=0.05, t_final=1.0, dt=0.25, nonlinear=False, length=2.0)
+    ref = np.exp(-0.05 * np.pi**2) * np.sin(np.pi * x) - 0.5 * np.exp(
+        -0.05 * 9 * np.pi**2
+    ) * np.sin(3 * np.pi * x)
+    np.testing.assert_allclose(u, ref, atol=1e-14)
+
+
+def test_eval_fourier_interpolates_trigonometric_polynomials_exactly():
+    x = -1 + 2 * np.arange(16) / 16
+    f = lambda t: 0.3 + np.cos(np.pi * t) - 2 * np.sin(5 * np.pi * t) + 0.7 * np.cos(8 * np.pi * t)  # noqa: E731
+    pts = np.linspace(-1, 1, 37)
+    got = eval_fourier(f(x)[None], pts, length=2.0, x0=-1.0)[0]
+    # the Nyquist mode cos(8 pi t) is interpolated by its real part, which it equals
+    np.testing.assert_allclose(got, f(pts), atol=1e-13)
+
+
+def test_sine_grf_has_the_prescribed_variances():
+    c = sine_grf(20000, 4, rng=np.random.default_rng(0))
+    ref = 70.14**2 * (49 + (np.arange(1, 5) * np.pi) ** 2) ** -2.5
+    np.testing.assert_allclose(c.var(axis=0) / ref, 1.0, atol=0.05)
+
+
+def test_viscid_burgers_data_are_dirichlet_and_odd_symmetric_and_converged():
+    a = BurgersProblem(n_train=4, n_test=1, dataset="viscid", width=8, depth=2)
+    assert a.nu == pytest.approx(0.1 / math.pi)
+    y = a.y[:, 0].double().numpy()
+    assert y[0] == -1.0 and y[-1] == 1.0 and a.u_train.shape == (4, 128)
+    s = a.s_train.double().numpy()
+    assert np.abs(s[:, [0, -1]]).max() < 1e-6  # zero boundary values, to float32
+    assert np.abs(s).max() > 0.05  # and not trivial
+    np.testing.assert_allclose(s[:, ::-1], -s, atol=1e-6)  # odd initial data stay odd
+    # the solve on a finer grid and step agrees (the same draws: the modes are fixed)
+    b = BurgersProblem(n_train=4, n_test=1, dataset="viscid", solver_grid=1024, dt=2.5e-4,
+                       dtype=torch.float64)  # fmt: skip
+    np.testing.assert_allclose(s, b.s_train.numpy(), atol=1e-6)
+
+
+def test_burgers_problem_refuses_unknown_datasets_and_coarse_solver_grids():
+    with pytest.raises(ValueError, match="dataset: expected 'periodic' or 'viscid', got 'x'"):
+        BurgersProblem(n_train=1, n_test=1, dataset="x")
+    with pytest.raises(ValueError, match="solver_grid: expected at least 512"):
+        BurgersProblem(n_train=1, n_test=1, dataset="viscid", solver_grid=256)
 
 
 def test_rbf_grf_covariance():

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-__all__ = ["periodic_grf", "rbf_grf", "interp_periodic"]
+__all__ = ["periodic_grf", "sine_grf", "rbf_grf", "interp_periodic", "eval_fourier"]
 
 
 def periodic_grf(
@@ -36,6 +36,40 @@ def periodic_grf(
     b = rng.standard_normal((n_samples, kmax)) * sqrt_eig
     phase = 2 * math.pi * np.outer(k, x)
     return sqrt_eig0 * xi0 + math.sqrt(2) * (a @ np.cos(phase)) + math.sqrt(2) * (b @ np.sin(phase))
+
+
+def sine_grf(
+    n_samples: int,
+    n_modes: int,
+    *,
+    alpha: float = 2.5,
+    tau: float = 7.0,
+    sigma: float = 70.14,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Coefficients ``c_k`` of ``a(x) = sum_k c_k sin(k pi x)`` on ``[-1, 1]`` (Dirichlet).
+
+    ``c_k ~ N(0, sigma^2 (tau^2 + (k pi)^2)^-alpha)``, ``k = 1..n_modes``: the sine-series
+    counterpart of ``N(0, sigma^2 (-Laplace + tau^2 I)^-alpha)`` with zero boundary values.
+    Returns ``(n_samples, n_modes)`` float64.
+    """
+    k = np.arange(1, n_modes + 1)
+    std = sigma * (tau**2 + (k * math.pi) ** 2) ** (-alpha / 2)
+    return rng.standard_normal((n_samples, n_modes)) * std
+
+
+def eval_fourier(u: np.ndarray, x: np.ndarray, *, length: float = 1.0, x0: float = 0.0):
+    """Trigonometric interpolation of periodic grid functions ``u`` ``(B, n)``, sampled at
+    ``x0 + length * j / n``, evaluated at arbitrary points ``x``. Returns ``(B, len(x))``."""
+    n = u.shape[-1]
+    c = np.fft.rfft(u, axis=-1) / n
+    j = np.arange(c.shape[-1])
+    w = np.full(c.shape[-1], 2.0)
+    w[0] = 1.0
+    if n % 2 == 0:
+        w[-1] = 1.0  # the Nyquist mode is counted once
+    phase = np.exp(2j * math.pi * np.outer(j, (np.asarray(x, dtype=np.float64) - x0) / length))
+    return np.real((c * w) @ phase)
 
 
 def rbf_grf(
