@@ -130,6 +130,18 @@ def test_maxiter_warns_and_says_so(mlp32):
     assert r.info["iterations"] == 4 and r.info["stop"].startswith("7")
 
 
+def test_maxiter_warning_with_validation_says_the_error_was_still_improving(mlp32):
+    prob, model = mlp32
+    with pytest.warns(RuntimeWarning, match="validation error had not stopped improving"):
+        ls.refine(
+            model,
+            data=(prob.x_train, prob.y_train),
+            method=ls.Krylov(maxiter=20, stall=None, check_every=5),
+            validation=(prob.x_train[:50], prob.y_train[:50]),
+            generator=torch.Generator().manual_seed(0),
+        )
+
+
 def test_stall_rule_stops_when_progress_stalls(mlp32):
     prob, model = mlp32
     r, caught = _refine_quiet(

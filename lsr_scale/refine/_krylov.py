@@ -353,7 +353,7 @@ class Krylov(Method):
                 "best_rel_l2": monitor.best_err,
             }
         if not interrupted and monitor.reason is None:
-            _warn_maxiter(res, stop)
+            _warn_maxiter(res, stop, validated=bool(monitor.val_history))
         return x, info
 
     def _load_checkpoint(self):
@@ -435,11 +435,16 @@ def _stop_text(res):
     return f"{int(res.istop)}: {res.message}"
 
 
-def _warn_maxiter(res, stop):
+def _warn_maxiter(res, stop, validated: bool = False):
     if int(res.istop) == 7:
+        hint = (
+            "the validation error had not stopped improving: raise maxiter"
+            if validated
+            else "raise maxiter, pass validation= to refine, or loosen atol/btol"
+        )
         warnings.warn(
             f"Krylov: stopped at maxiter={res.itn} before any stopping rule was met ({stop}); "
-            "raise maxiter, pass validation= to refine, or loosen atol/btol",
+            + hint,
             RuntimeWarning,
             stacklevel=5,
         )
