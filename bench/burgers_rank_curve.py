@@ -47,10 +47,12 @@ PAPER_TANH_TRAINED = 1.08e-2
 PAPER_RELU = {"trained": 3.6e-3, 18000: 2.8e-4}
 RANKS = [250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 11000,
          14000, 18000]  # fmt: skip
-BASELINES = {
-    "old_tanh": ("burgers_deeponet", "tanh"),
-    "authors_tanh": ("burgers_deeponet_authors_tanh", "tanh"),
-    "authors_relu": ("burgers_deeponet_authors_relu", "relu"),
+BASELINES = {  # checkpoint, activation, data set (BurgersProblem(dataset=...))
+    "old_tanh": ("burgers_deeponet", "tanh", "periodic"),
+    "authors_tanh": ("burgers_deeponet_authors_tanh", "tanh", "periodic"),
+    "authors_relu": ("burgers_deeponet_authors_relu", "relu", "periodic"),
+    "viscid_tanh": ("burgers_viscid_authors_tanh", "tanh", "viscid"),
+    "viscid_relu": ("burgers_viscid_authors_relu", "relu", "viscid"),
 }
 
 
@@ -86,8 +88,8 @@ def run(
     baseline: str, kmax: int, fraction: float | None, chunk: int, seed: int, route: str = "streamed"
 ) -> None:
     torch.set_num_threads(1)
-    name, act = BASELINES[baseline]
-    prob = BurgersProblem(dtype=torch.float64)
+    name, act, dataset = BASELINES[baseline]
+    prob = BurgersProblem(dataset=dataset, dtype=torch.float64)
     torch.manual_seed(prob.seed)
     net = DeepONet([128] + [128] * 4, [1] + [128] * 4, activation=act).double()
     meta = load_checkpoint(net, checkpoint_path(name))
@@ -107,8 +109,8 @@ def run(
     Jm = ColumnMask(J, idx) if idx is not None else J
     Jtm = ColumnMask(Jt, idx) if idx is not None else Jt
     trained = errors(q0, prob.s_test)
-    common = dict(baseline=name, activation=act, fraction=fraction, kmax=kmax, seed=seed,
-                  n=n, m=m, m_refined=Jm.shape[1], dtype="float64 products/accumulation",
+    common = dict(baseline=name, activation=act, dataset=dataset, fraction=fraction, kmax=kmax,
+                  seed=seed, n=n, m=m, m_refined=Jm.shape[1], dtype="float64 products/accumulation",
                   basis_dtype="float32", chunk_rows=chunk * 128)  # fmt: skip
     save_row(dict(method="trained", rel_l2=trained[0], mean_rel_l2=trained[1], rank=None,
                   iterations=None, wall_s=meta.get("train_wall_s"), peak_mem_bytes=None,
@@ -182,6 +184,9 @@ def run(
                       products={"jvp": prods[0], "vjp": prods[1], "test_jvp": P.shape[1]},
                       times=times, rank_cap=sinfo["rank_cap"], **common))  # fmt: skip
         print(f"k={k}: test {agg:.3e} (mean {mean:.3e}), train loss {float(tl[kk - 1]) / n:.3e}")
+    # the spectrum estimate (diag of R_B, sample order), for the filter figure's damp axis
+    spec = ROOT / "docs" / "results" / f"burgers_spectrum_{tag}.json"
+    spec.write_text(json.dumps({"tag": tag, "r_diag": [float(v) for v in binfo["r_diag"]]}))
     # every rank's linearized training loss (the authors' choice of k), every 50th entry
     (st / "train_loss.json").write_text(json.dumps([float(v) / n for v in tl[::50]]))
     best = int(torch.argmin(tl)) + 1
@@ -206,7 +211,8 @@ def figure() -> None:
     for (bl, frac, meth), rs in sorted(groups.items(), key=str):
         rs = sorted(rs, key=lambda r: r["rank"])
         t = base[bl]["mean_rel_l2"]
-        lab = f"ours, {meth.split('_', 1)[1]}, {bl.replace('burgers_deeponet', 'baseline')}"
+        short = bl.replace("burgers_", "").replace("deeponet", "periodic")
+        lab = f"ours, {meth.split('_', 1)[1]}, {short}"
         lab += f", p={frac}" if frac else ""
         ax.plot([r["rank"] for r in rs], [r["mean_rel_l2"] / t for r in rs], "-o", label=lab)
     ax.set_xlabel("subspace rank k")
@@ -215,7 +221,7 @@ def figure() -> None:
     ax.set_ylim(0.08, 30)  # past the spectral cliff the errors run off the top (see the JSON)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("Burgers DeepONet: one-shot LSR, error reduction against k")
+    ax.set_title("Burgers DeepONet: one-shot LSR, error reduction against k", fontsize=10)
     FIG.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(FIG, dpi=120)

@@ -55,10 +55,10 @@ def errors(net, u, y, s):
     return agg, float(per)
 
 
-def checkpoint_name(dataset: str, activation: str) -> str:
+def checkpoint_name(dataset: str, activation: str, suffix: str = "") -> str:
     if dataset == "periodic":
-        return f"burgers_deeponet_authors_{activation}"
-    return f"burgers_{dataset}_authors_{activation}"
+        return f"burgers_deeponet_authors_{activation}{suffix}"
+    return f"burgers_{dataset}_authors_{activation}{suffix}"
 
 
 def train(
@@ -67,13 +67,15 @@ def train(
     batch: int = 50,
     dataset: str = "periodic",
     weight_decay: float = 1e-4,
+    step_size: int = 500,
+    suffix: str = "",
 ) -> None:
     prob = BurgersProblem(dataset=dataset)  # float32, seed 0
     net = make_net(prob, activation)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=500, gamma=0.5)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=0.5)
     g = torch.Generator().manual_seed(prob.seed + 1)
-    tag = activation if dataset == "periodic" else f"{dataset}_{activation}"
+    tag = (activation if dataset == "periodic" else f"{dataset}_{activation}") + suffix
     state_path = STATE_DIR / f"train_burgers_{tag}.state.pt"
     start, wall0, hist = 0, 0.0, []
     if state_path.exists():
@@ -124,7 +126,8 @@ def train(
         workload="burgers",
         dataset=dataset,
         activation=activation,
-        recipe=f"authors: Adam lr 1e-3, weight_decay {weight_decay:g}, StepLR(500 epochs, 0.5), "
+        recipe=f"authors: Adam lr 1e-3, weight_decay {weight_decay:g}, "
+        f"StepLR({step_size} epochs, 0.5), "
         "batch 50 functions, float32",
         epochs=epochs,
         steps=epochs * (prob.n_train // batch),
@@ -139,7 +142,7 @@ def train(
         seed=prob.seed,
     )
     print(f"{activation}: {wall:.0f} s, train {tr:.3e}, test {te:.3e} (mean {te_mean:.3e})")
-    save_checkpoint(net, checkpoint_path(checkpoint_name(dataset, activation)), meta)
+    save_checkpoint(net, checkpoint_path(checkpoint_name(dataset, activation, suffix)), meta)
 
 
 def main() -> None:
@@ -147,6 +150,8 @@ def main() -> None:
     ap.add_argument("activations", nargs="+", choices=["tanh", "relu"])
     ap.add_argument("--dataset", choices=["periodic", "viscid"], default="periodic")
     ap.add_argument("--epochs", type=int, default=2000)
+    ap.add_argument("--step-size", type=int, default=500, help="epochs between halvings")
+    ap.add_argument("--suffix", default="", help="appended to the checkpoint name")
     ap.add_argument(
         "--weight-decay",
         type=float,
@@ -158,7 +163,14 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     for act in a.activations:
-        train(act, a.epochs, dataset=a.dataset, weight_decay=a.weight_decay)
+        train(
+            act,
+            a.epochs,
+            dataset=a.dataset,
+            weight_decay=a.weight_decay,
+            step_size=a.step_size,
+            suffix=a.suffix,
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,193 @@
+"""Burgers DeepONet: Krylov LSR on the float32 baseline, as a user would call it, and the
+iteration and Tikhonov filters for the three-filter figure.
+
+    python bench/burgers_krylov.py [--configs defaults nys1000 ...] [--threads 2]
+
+Every run refines the float32 model through ``refine(view, data=(u, s), method=Krylov(...))``
+(the default precision: float64 products on a private copy) on the 1,000 training functions
+(128,000 rows). ``validation=`` is 100 held-out functions from another seed, never the test
+set. Each row goes to ``docs/results/burgers_krylov.json`` as soon as it exists, with the
+whole process's peak resident memory (``VmHWM``, reset before the run), the wall time,
+iterations and products; rows already there are skipped, so a rerun resumes.
+
+The ``filter_*`` configurations feed the figure of ``bench/burgers_filters.py``:
+``filter_iterations`` watches the *test* error along one run (every 10 iterations; it does
+not stop on it, patience is unbounded), ``filter_damp_*`` solve the Tikhonov problem for a
+damp between the spectrum's singular values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import lsr_scale as ls
+from lsr_scale._utils import PeakMemory
+from lsr_scale.models import DeepONet
+from lsr_scale.problems._burgers import BurgersProblem, DeepONetGrid
+from lsr_scale.problems._checkpoint import checkpoint_path, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+JSON = ROOT / "docs" / "results" / "burgers_krylov.json"
+BASELINES = {
+    "viscid_tanh": ("burgers_viscid_authors_tanh", "tanh", "viscid"),
+    "viscid_relu": ("burgers_viscid_authors_relu", "relu", "viscid"),
+    "authors_tanh": ("burgers_deeponet_authors_tanh", "tanh", "periodic"),
+}
+PAPER = {"method": "paper, dense subspace k=9,000 (GPU, float32)", "mean_rel_l2": 2.05e-3,
+         "trained": 1.08e-2, "wall_s": 47.0, "peak_mem_bytes": 20.5e9}  # fmt: skip
+
+
+def configs(m: int) -> dict:
+    """Named Krylov settings. ``m`` is the number of parameters."""
+    out = {
+        "defaults": dict(method=ls.Krylov(), validation=True),
+        "maxiter1000": dict(method=ls.Krylov(maxiter=1000), validation=True),
+        "nys1000": dict(
+            method=ls.Krylov(preconditioner=ls.precond.Nystrom(rank=1000), maxiter=1000),
+            validation=True,
+        ),
+        "nys2000": dict(
+            method=ls.Krylov(preconditioner=ls.precond.Nystrom(rank=2000), maxiter=1000),
+            validation=True,
+        ),
+        "plain": dict(
+            method=ls.Krylov(preconditioner=None, maxiter=6000, check_every=25, patience=8),
+            validation=True,
+        ),
+        "jacobi": dict(
+            method=ls.Krylov(
+                preconditioner=ls.precond.Jacobi(), maxiter=6000, check_every=25, patience=8
+            ),
+            validation=True,
+        ),
+        "filter_iterations": dict(
+            method=ls.Krylov(
+                preconditioner=ls.precond.Nystrom(rank=1000),
+                maxiter=1000,
+                stall=None,
+                check_every=10,
+                patience=10**6,
+            ),
+            validation="test",
+        ),
+    }
+    return out
+
+
+def errors(pred, s):
+    pred, s = pred.double(), s.double()
+    agg = float((pred - s).norm() / s.norm())
+    return agg, float(((pred - s).norm(dim=1) / s.norm(dim=1)).mean())
+
+
+def load_rows():
+    return json.loads(JSON.read_text()) if JSON.exists() else []
+
+
+def save_row(row):
+    key = (row["config"], row["baseline"])
+    rows = [r for r in load_rows() if (r["config"], r["baseline"]) != key]
+    JSON.parent.mkdir(parents=True, exist_ok=True)
+    JSON.write_text(json.dumps(rows + [row], indent=1) + "\n")
+
+
+def damp_config(damp: float) -> dict:
+    return dict(
+        method=ls.Krylov(preconditioner=ls.precond.Nystrom(rank=1000), damp=damp, maxiter=1000),
+        validation=False,
+    )
+
+
+def run(baseline: str, names: list[str], damps: list[float]) -> None:
+    name, act, dataset = BASELINES[baseline]
+    prob = BurgersProblem(dataset=dataset)  # float32, the data the baseline was trained on
+    val = BurgersProblem(dataset=dataset, n_train=1, n_test=100, seed=12345)
+    torch.manual_seed(prob.seed)
+    net = DeepONet([128] + [128] * 4, [1] + [128] * 4, activation=act)
+    meta = load_checkpoint(net, checkpoint_path(name))
+    view = DeepONetGrid(net, y=prob.y)
+    with torch.no_grad():
+        trained = errors(view(prob.u_test), prob.s_test)
+    m = sum(p.numel() for p in net.parameters())
+    done = {(r["config"], r["baseline"]) for r in load_rows()}
+    todo = {k: v for k, v in configs(m).items() if k in names}
+    todo.update({f"filter_damp_{d:.1e}": damp_config(d) for d in damps})
+    common = dict(baseline=name, activation=act, dataset=dataset, n=prob.n_train * 128, m=m,
+                  model_dtype="float32", trained_rel_l2=trained[0],
+                  trained_mean_rel_l2=trained[1], train_meta_wall_s=meta.get("train_wall_s"),
+                  threads=torch.get_num_threads(), paper=PAPER)  # fmt: skip
+    for cfg, spec in todo.items():
+        if (cfg, name) in done:
+            print(f"{cfg}: recorded, skipped", flush=True)
+            continue
+        if spec["validation"] == "test":
+            validation = (prob.u_test, prob.s_test)
+        elif spec["validation"]:
+            validation = (val.u_test, val.s_test)
+        else:
+            validation = None
+        t0 = time.perf_counter()
+        with PeakMemory("cpu") as pm:
+            r = ls.refine(
+                view,
+                data=(prob.u_train, prob.s_train),
+                method=spec["method"],
+                validation=validation,
+                generator=torch.Generator().manual_seed(0),
+                progress_bar=False,
+            )
+        wall = time.perf_counter() - t0
+        with torch.no_grad():
+            agg, mean = errors(r(prob.u_test), prob.s_test)
+        info = r.info
+        solver = info.get("solver")
+        row = dict(
+            config=cfg,
+            method="krylov",
+            settings=repr(spec["method"]),
+            rel_l2=agg,
+            mean_rel_l2=mean,
+            reduction_mean=trained[1] / mean,
+            rank=(info.get("preconditioner") or {}).get("rank"),
+            iterations=info.get("iterations"),
+            stop=info.get("stop"),
+            damp=info.get("damp"),
+            precision=info.get("precision"),
+            wall_s=wall,
+            peak_mem_bytes=pm.peak_bytes,
+            peak_kind=pm.kind,
+            products={"jvp": info.get("num_jvp"), "vjp": info.get("num_vjp")},
+            validation=info.get("validation"),
+            validation_set="test (watched, not a stop)"
+            if spec["validation"] == "test"
+            else ("100 held-out functions, seed 12345" if validation is not None else None),
+            solver_istop=getattr(solver, "istop", None),
+            **common,
+        )
+        save_row(row)
+        print(
+            f"{cfg}: test {agg:.3e} (mean {mean:.3e}, {trained[1] / mean:.2f}x), "
+            f"{row['iterations']} it, {wall:.0f} s, peak {pm.peak_bytes / 2**30:.2f} GiB, "
+            f"stop {row['stop']}",
+            flush=True,
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", choices=sorted(BASELINES), default="viscid_tanh")
+    ap.add_argument("--configs", nargs="*", default=["defaults", "nys1000"])
+    ap.add_argument("--damps", nargs="*", type=float, default=[])
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    run(a.baseline, a.configs, a.damps)
+
+
+if __name__ == "__main__":
+    main()
