@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from burgers_rank_curve import BASELINES, errors  # bench/ is on sys.path when run
 
 import lsr_scale as ls
 from lsr_scale.models import DeepONet
@@ -41,7 +42,6 @@ ROOT = Path(__file__).resolve().parents[1]
 JSON = ROOT / "docs" / "results" / "burgers_filters.json"
 CURVE = ROOT / "docs" / "results" / "burgers_curve.json"
 FIG = ROOT / "docs" / "img" / "burgers_filters.png"
-BASELINES = {"viscid_tanh": ("burgers_viscid_authors_tanh", "tanh", "viscid")}
 DAMP_RANKS = [250, 500, 1000, 2000, 3000, 4000, 6000, 8000]
 
 
@@ -54,11 +54,6 @@ def save(key, value):
     data[key] = value
     JSON.parent.mkdir(parents=True, exist_ok=True)
     JSON.write_text(json.dumps(data, indent=1) + "\n")
-
-
-def errors(pred, s):
-    agg = float((pred - s).norm() / s.norm())
-    return agg, float(((pred - s).norm(dim=1) / s.norm(dim=1)).mean())
 
 
 def run(baseline: str, kmax: int, fraction: float, seed: int, iters: int, every: int) -> None:

@@ -1,7 +1,6 @@
-"""Burgers DeepONet: Krylov LSR on the float32 baseline, as a user would call it, and the
-iteration and Tikhonov filters for the three-filter figure.
+"""Burgers DeepONet: Krylov LSR on the float32 baseline, as a user would call it.
 
-    python bench/burgers_krylov.py [--configs defaults nys1000 ...] [--threads 2]
+    python bench/burgers_krylov.py [--baseline viscid_tanh] [--configs defaults maxiter1000 ...]
 
 Every run refines the float32 model through ``refine(view, data=(u, s), method=Krylov(...))``
 (the default precision: float64 products on a private copy) on the 1,000 training functions
@@ -10,10 +9,6 @@ set. Each row goes to ``docs/results/burgers_krylov.json`` as soon as it exists,
 whole process's peak resident memory (``VmHWM``, reset before the run), the wall time,
 iterations and products; rows already there are skipped, so a rerun resumes.
 
-The ``filter_*`` configurations feed the figure of ``bench/burgers_filters.py``:
-``filter_iterations`` watches the *test* error along one run (every 10 iterations; it does
-not stop on it, patience is unbounded), ``filter_damp_*`` solve the Tikhonov problem for a
-damp between the spectrum's singular values.
 """
 
 from __future__ import annotations
@@ -24,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from burgers_rank_curve import BASELINES, errors  # bench/ is on sys.path when run
 
 import lsr_scale as ls
 from lsr_scale._utils import PeakMemory
@@ -33,56 +29,17 @@ from lsr_scale.problems._checkpoint import checkpoint_path, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 JSON = ROOT / "docs" / "results" / "burgers_krylov.json"
-BASELINES = {
-    "viscid_tanh": ("burgers_viscid_authors_tanh", "tanh", "viscid"),
-    "viscid_relu": ("burgers_viscid_authors_relu", "relu", "viscid"),
-    "authors_tanh": ("burgers_deeponet_authors_tanh", "tanh", "periodic"),
-}
 PAPER = {"method": "paper, dense subspace k=9,000 (GPU, float32)", "mean_rel_l2": 2.05e-3,
          "trained": 1.08e-2, "wall_s": 47.0, "peak_mem_bytes": 20.5e9}  # fmt: skip
 
 
-def configs(m: int) -> dict:
-    """Named Krylov settings. ``m`` is the number of parameters."""
-    out = {
-        "defaults": dict(method=ls.Krylov(), validation=True),
-        "maxiter1000": dict(method=ls.Krylov(maxiter=1000), validation=True),
-        "nys1000": dict(
-            method=ls.Krylov(preconditioner=ls.precond.Nystrom(rank=1000), maxiter=1000),
-            validation=True,
-        ),
-        "nys2000": dict(
-            method=ls.Krylov(preconditioner=ls.precond.Nystrom(rank=2000), maxiter=1000),
-            validation=True,
-        ),
-        "plain": dict(
-            method=ls.Krylov(preconditioner=None, maxiter=6000, check_every=25, patience=8),
-            validation=True,
-        ),
-        "jacobi": dict(
-            method=ls.Krylov(
-                preconditioner=ls.precond.Jacobi(), maxiter=6000, check_every=25, patience=8
-            ),
-            validation=True,
-        ),
-        "filter_iterations": dict(
-            method=ls.Krylov(
-                preconditioner=ls.precond.Nystrom(rank=1000),
-                maxiter=1000,
-                stall=None,
-                check_every=10,
-                patience=10**6,
-            ),
-            validation="test",
-        ),
-    }
-    return out
-
-
-def errors(pred, s):
-    pred, s = pred.double(), s.double()
-    agg = float((pred - s).norm() / s.norm())
-    return agg, float(((pred - s).norm(dim=1) / s.norm(dim=1)).mean())
+CONFIGS = {  # name: the method; every run gets validation=
+    "defaults": ls.Krylov(),
+    "maxiter1000": ls.Krylov(maxiter=1000),
+    "nys1000": ls.Krylov(preconditioner=ls.precond.Nystrom(rank=1000), maxiter=1000),
+    "nys2000": ls.Krylov(preconditioner=ls.precond.Nystrom(rank=2000), maxiter=1000),
+    "plain": ls.Krylov(preconditioner=None, maxiter=6000, check_every=25, patience=8),
+}
 
 
 def load_rows():
@@ -96,14 +53,7 @@ def save_row(row):
     JSON.write_text(json.dumps(rows + [row], indent=1) + "\n")
 
 
-def damp_config(damp: float) -> dict:
-    return dict(
-        method=ls.Krylov(preconditioner=ls.precond.Nystrom(rank=1000), damp=damp, maxiter=1000),
-        validation=False,
-    )
-
-
-def run(baseline: str, names: list[str], damps: list[float]) -> None:
+def run(baseline: str, names: list[str]) -> None:
     name, act, dataset = BASELINES[baseline]
     prob = BurgersProblem(dataset=dataset)  # float32, the data the baseline was trained on
     val = BurgersProblem(dataset=dataset, n_train=1, n_test=100, seed=12345)
@@ -115,28 +65,22 @@ def run(baseline: str, names: list[str], damps: list[float]) -> None:
         trained = errors(view(prob.u_test), prob.s_test)
     m = sum(p.numel() for p in net.parameters())
     done = {(r["config"], r["baseline"]) for r in load_rows()}
-    todo = {k: v for k, v in configs(m).items() if k in names}
-    todo.update({f"filter_damp_{d:.1e}": damp_config(d) for d in damps})
+    todo = {k: v for k, v in CONFIGS.items() if k in names}
     common = dict(baseline=name, activation=act, dataset=dataset, n=prob.n_train * 128, m=m,
                   model_dtype="float32", trained_rel_l2=trained[0],
                   trained_mean_rel_l2=trained[1], train_meta_wall_s=meta.get("train_wall_s"),
                   threads=torch.get_num_threads(), paper=PAPER)  # fmt: skip
-    for cfg, spec in todo.items():
+    validation = (val.u_test, val.s_test)
+    for cfg, method in todo.items():
         if (cfg, name) in done:
             print(f"{cfg}: recorded, skipped", flush=True)
             continue
-        if spec["validation"] == "test":
-            validation = (prob.u_test, prob.s_test)
-        elif spec["validation"]:
-            validation = (val.u_test, val.s_test)
-        else:
-            validation = None
         t0 = time.perf_counter()
         with PeakMemory("cpu") as pm:
             r = ls.refine(
                 view,
                 data=(prob.u_train, prob.s_train),
-                method=spec["method"],
+                method=method,
                 validation=validation,
                 generator=torch.Generator().manual_seed(0),
                 progress_bar=False,
@@ -149,7 +93,7 @@ def run(baseline: str, names: list[str], damps: list[float]) -> None:
         row = dict(
             config=cfg,
             method="krylov",
-            settings=repr(spec["method"]),
+            settings=repr(method),
             rel_l2=agg,
             mean_rel_l2=mean,
             reduction_mean=trained[1] / mean,
@@ -163,9 +107,7 @@ def run(baseline: str, names: list[str], damps: list[float]) -> None:
             peak_kind=pm.kind,
             products={"jvp": info.get("num_jvp"), "vjp": info.get("num_vjp")},
             validation=info.get("validation"),
-            validation_set="test (watched, not a stop)"
-            if spec["validation"] == "test"
-            else ("100 held-out functions, seed 12345" if validation is not None else None),
+            validation_set="100 held-out functions, seed 12345",
             solver_istop=getattr(solver, "istop", None),
             **common,
         )
@@ -181,12 +123,11 @@ def run(baseline: str, names: list[str], damps: list[float]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", choices=sorted(BASELINES), default="viscid_tanh")
-    ap.add_argument("--configs", nargs="*", default=["defaults", "nys1000"])
-    ap.add_argument("--damps", nargs="*", type=float, default=[])
+    ap.add_argument("--configs", nargs="*", choices=sorted(CONFIGS), default=["maxiter1000"])
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    run(a.baseline, a.configs, a.damps)
+    run(a.baseline, a.configs)
 
 
 if __name__ == "__main__":

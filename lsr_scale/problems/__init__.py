@@ -1,7 +1,8 @@
 """Seeded, download-free workloads: data, baseline training and error evaluation.
 
 1. :class:`FunctionProblem`: sin(pi x) sin(pi y) on [-1, 1]^2 (the demo's workload).
-2. :class:`BurgersProblem`: data-driven viscous Burgers operator u(x, 0) -> u(x, 1), DeepONet.
+2. :class:`BurgersProblem`: data-driven viscous Burgers operator u(x, 0) -> u(x, 1), DeepONet
+   (``dataset="periodic"``, nu=0.1, or ``"viscid"``, nu=0.1/pi on [-1, 1]).
 3. :class:`AntiderivativeProblem`: physics-informed DeepONet for u' = s, u(0) = 0.
 4. :class:`PoissonProblem`: -Laplace(u) = f on [0, 1]^2 with Dirichlet data, PINN.
 """
