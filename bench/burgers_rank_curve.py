@@ -53,6 +53,7 @@ BASELINES = {  # checkpoint, activation, data set (BurgersProblem(dataset=...))
     "authors_relu": ("burgers_deeponet_authors_relu", "relu", "periodic"),
     "viscid_tanh": ("burgers_viscid_authors_tanh", "tanh", "viscid"),
     "viscid_relu": ("burgers_viscid_authors_relu", "relu", "viscid"),
+    "viscid_tanh_4k": ("burgers_viscid_authors_tanh_4k", "tanh", "viscid"),
 }
 
 

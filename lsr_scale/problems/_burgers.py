@@ -164,13 +164,13 @@ class BurgersProblem:
             u1 = interp_periodic(u1, self.n_grid)
             y = np.arange(self.n_grid) / self.n_grid
         else:
-            y = np.linspace(-1.0, 1.0, self.n_grid)
-            grid = -1.0 + 2.0 * np.arange(self.solver_grid) / self.solver_grid
             if self.solver_grid < 2 * _VISCID_MODES + 2:
                 raise ValueError(
                     f"solver_grid: expected at least {2 * _VISCID_MODES + 2} for the viscid "
                     f"data set ({_VISCID_MODES} sine modes), got {self.solver_grid}"
                 )
+            y = np.linspace(-1.0, 1.0, self.n_grid)
+            grid = -1.0 + 2.0 * np.arange(self.solver_grid) / self.solver_grid
             coef = sine_grf(n, _VISCID_MODES, rng=rng)
             ks = math.pi * np.arange(1, coef.shape[1] + 1)
             u0_grid = coef @ np.sin(np.outer(ks, grid))
