@@ -152,38 +152,28 @@ def figure() -> None:
     import matplotlib.pyplot as plt
 
     data = load(JSON)
-    curve = [
-        r
-        for r in (json.loads(CURVE.read_text()) if CURVE.exists() else [])
-        if r["baseline"] == data.get("damp", {}).get("baseline") and r["method"] != "trained"
-    ]
-    trained = [
-        r
-        for r in (json.loads(CURVE.read_text()) if CURVE.exists() else [])
-        if r["method"] == "trained" and r["baseline"] == data.get("damp", {}).get("baseline")
-    ]
+    baseline = data.get("damp", {}).get("baseline")
+    rows = [r for r in (json.loads(CURVE.read_text()) if CURVE.exists() else [])
+            if r["baseline"] == baseline]  # fmt: skip
+    trained = [r for r in rows if r["method"] == "trained"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    t = sorted(curve, key=lambda r: r["rank"])
-    if t:
-        a1.plot([r["rank"] for r in t], [r["mean_rel_l2"] for r in t], "-o", label="truncation (k)")
-        a2.plot([r["train_loss"] for r in t], [r["mean_rel_l2"] for r in t], "-o",
-                label="truncation")  # fmt: skip
-    it = data.get("iterations", {}).get("path", [])
-    if it:
-        a1.plot([p["iterations"] for p in it], [p["mean_rel_l2"] for p in it], "-",
-                label="LSMR iterations (j)")  # fmt: skip
-        a2.plot([p["train_loss"] for p in it], [p["mean_rel_l2"] for p in it], "-",
-                label="LSMR iterations")  # fmt: skip
-    dm = data.get("damp", {}).get("rows", [])
-    if dm:
-        a1.plot([r["effective_rank"] for r in dm], [r["mean_rel_l2"] for r in dm], "-s",
-                label="Tikhonov damp = σ_k (Σ s²/(s²+damp²))")  # fmt: skip
-        a2.plot([r["train_loss"] for r in dm], [r["mean_rel_l2"] for r in dm], "-s",
-                label="Tikhonov damp")  # fmt: skip
-    kp = data.get("krylov_path", {}).get("path", [])
-    if kp:
-        a2.plot([p["train_loss"] for p in kp], [p["mean_rel_l2"] for p in kp], ":",
-                label="Nystrom-preconditioned LSMR (rank 1000)")  # fmt: skip
+    # (points, effective-rank key or None, style, label): each drawn against both axes
+    series = [
+        (sorted((r for r in rows if r["method"] != "trained"), key=lambda r: r["rank"]),
+         "rank", "-o", "truncation (k)"),
+        (data.get("iterations", {}).get("path", []), "iterations", "-", "LSMR iterations (j)"),
+        (data.get("damp", {}).get("rows", []), "effective_rank", "-s",
+         "Tikhonov damp = σ_k (Σ s²/(s²+damp²))"),
+        (data.get("krylov_path", {}).get("path", []), None, ":",
+         "Nystrom-preconditioned LSMR (rank 1000)"),
+    ]  # fmt: skip
+    for pts, xkey, style, label in series:
+        if not pts:
+            continue
+        err = [p["mean_rel_l2"] for p in pts]
+        if xkey is not None:
+            a1.plot([p[xkey] for p in pts], err, style, label=label)
+        a2.plot([p["train_loss"] for p in pts], err, style, label=label)
     for a in (a1, a2):
         if trained:
             a.axhline(trained[0]["mean_rel_l2"], color="gray", lw=0.8, label="trained")
@@ -194,6 +184,7 @@ def figure() -> None:
     a1.set_xlabel("effective rank")
     a2.set_xlabel("linearized training MSE")
     a2.set_xscale("log")
+    a2.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     a2.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     a2.invert_xaxis()
     fig.suptitle("Burgers DeepONet (viscid data, p=0.5): three filters of one linearized problem")
