@@ -30,13 +30,9 @@ import time
 from pathlib import Path
 
 import torch
-from burgers_rank_curve import BASELINES, errors  # bench/ is on sys.path when run
+from burgers_rank_curve import BASELINES, errors, run_tag, setup  # bench/ is on sys.path when run
 
 import lsr_scale as ls
-from lsr_scale.models import DeepONet
-from lsr_scale.problems._burgers import BurgersProblem, DeepONetGrid
-from lsr_scale.problems._checkpoint import checkpoint_path, load_checkpoint
-from lsr_scale.refine._streaming import ColumnMask, draw_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 JSON = ROOT / "docs" / "results" / "burgers_filters.json"
@@ -58,23 +54,11 @@ def save(key, value):
 
 def run(baseline: str, kmax: int, fraction: float, seed: int, iters: int, every: int) -> None:
     torch.set_num_threads(1)
-    name, act, dataset = BASELINES[baseline]
-    prob = BurgersProblem(dataset=dataset, dtype=torch.float64)
-    torch.manual_seed(prob.seed)
-    net = DeepONet([128] + [128] * 4, [1] + [128] * 4, activation=act).double()
-    load_checkpoint(net, checkpoint_path(name))
-    view = DeepONetGrid(net, y=prob.y)
-    J = ls.JacobianOperator.from_module(
-        view, (prob.u_train,), prob.s_train, chunk_size=1000, batch_size=64
-    )
-    Jt = ls.JacobianOperator.from_module(view, (prob.u_test,), None, batch_size=64)
-    b = -J.residual.reshape(-1)
-    q0 = Jt.residual.reshape(prob.n_test, -1)
+    S = setup(baseline, fraction, chunk=1000, seed=seed)  # the curve run's operators and mask
+    name, dataset, prob = S.name, S.dataset, S.prob
+    J, g, b, q0, Jm, Jtm = S.J, S.g, S.b, S.q0, S.Jm, S.Jtm
     n, m = J.shape
-    g = torch.Generator().manual_seed(seed)
-    idx = draw_mask(m, fraction, g)  # the curve script's first draw: the same mask
-    Jm, Jtm = ColumnMask(J, idx), ColumnMask(Jt, idx)
-    tag = f"{baseline}_k{kmax}_p{fraction}_s{seed}"
+    tag = run_tag(baseline, kmax, fraction, seed, "streamed")
     spec = load(ROOT / "docs" / "results" / f"burgers_spectrum_{tag}.json")
     if not spec:
         raise SystemExit(f"run bench/burgers_rank_curve.py for {tag} first (its spectrum)")

@@ -21,6 +21,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -85,10 +86,18 @@ def errors(pred, s):
     return agg, float(((pred - s).norm(dim=1) / s.norm(dim=1)).mean())
 
 
-def run(
-    baseline: str, kmax: int, fraction: float | None, chunk: int, seed: int, route: str = "streamed"
-) -> None:
-    torch.set_num_threads(1)
+def run_tag(baseline: str, kmax: int, fraction: float | None, seed: int, route: str) -> str:
+    """The name of a curve run's state folder and spectrum file."""
+    return f"{baseline}_k{kmax}_p{fraction or 1}_s{seed}" + ("_dense" if route == "dense" else "")
+
+
+def setup(baseline: str, fraction: float | None, chunk: int, seed: int) -> SimpleNamespace:
+    """The float64 baseline, its training and test Jacobians, and their column masks.
+
+    The mask is the first draw from ``Generator().manual_seed(seed)``; the returned
+    generator ``g`` continues from it. ``bench/burgers_filters.py`` calls this too, so both
+    scripts refine the same parameters.
+    """
     name, act, dataset = BASELINES[baseline]
     prob = BurgersProblem(dataset=dataset, dtype=torch.float64)
     torch.manual_seed(prob.seed)
@@ -99,16 +108,27 @@ def run(
         view, (prob.u_train,), prob.s_train, chunk_size=chunk, batch_size=64
     )
     Jt = ls.JacobianOperator.from_module(view, (prob.u_test,), None, batch_size=64)
-    b = -J.residual.reshape(-1)
-    q0 = Jt.residual.reshape(prob.n_test, -1)
+    g = torch.Generator().manual_seed(seed)
+    idx = draw_mask(J.shape[1], fraction, g) if fraction else None
+    return SimpleNamespace(
+        name=name, act=act, dataset=dataset, prob=prob, meta=meta, J=J, Jt=Jt, g=g,
+        b=-J.residual.reshape(-1), q0=Jt.residual.reshape(prob.n_test, -1),
+        Jm=ColumnMask(J, idx) if idx is not None else J,
+        Jtm=ColumnMask(Jt, idx) if idx is not None else Jt,
+    )  # fmt: skip
+
+
+def run(
+    baseline: str, kmax: int, fraction: float | None, chunk: int, seed: int, route: str = "streamed"
+) -> None:
+    torch.set_num_threads(1)
+    S = setup(baseline, fraction, chunk, seed)
+    name, act, dataset, prob, meta = S.name, S.act, S.dataset, S.prob, S.meta
+    J, g, b, q0, Jm, Jtm = S.J, S.g, S.b, S.q0, S.Jm, S.Jtm
     n, m = J.shape
-    tag = f"{baseline}_k{kmax}_p{fraction or 1}_s{seed}" + ("_dense" if route == "dense" else "")
+    tag = run_tag(baseline, kmax, fraction, seed, route)
     st = STATE / tag
     st.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(seed)
-    idx = draw_mask(m, fraction, g) if fraction else None
-    Jm = ColumnMask(J, idx) if idx is not None else J
-    Jtm = ColumnMask(Jt, idx) if idx is not None else Jt
     trained = errors(q0, prob.s_test)
     common = dict(baseline=name, activation=act, dataset=dataset, fraction=fraction, kmax=kmax,
                   seed=seed, n=n, m=m, m_refined=Jm.shape[1], dtype="float64 products/accumulation",
