@@ -412,7 +412,9 @@ class _OutOfMemoryAbove(ls.LinearOperator):
 def test_out_of_memory_during_the_build(build, generator):
     # Out of memory above 7 columns: each block is halved until it fits, with a warning, and
     # the preconditioner equals the one built without running out (same generator): bitwise
-    # for Nystrom and the sketch, whose test vectors and sketch are drawn before the products.
+    # for Nystrom, whose test vectors are drawn before the products; to rounding for the
+    # sketch, whose row chunks are summed in another order when they are narrower (bitwise on
+    # some BLAS builds and thread counts, not on all).
     A = _matrix(400, 30, _logspace(30, 1e4), seed=3)
     fits, tight = _OutOfMemoryAbove(A), _OutOfMemoryAbove(A, limit=7)
     ref = build(fits, _gen(5))
@@ -427,6 +429,9 @@ def test_out_of_memory_during_the_build(build, generator):
     if isinstance(got, JacobiPreconditioner):
         # Column sums of squares: the block width changes the order of the additions.
         torch.testing.assert_close(got.scale, ref.scale, rtol=1e-13, atol=0)
+    elif isinstance(got, SketchPreconditioner):
+        torch.testing.assert_close(got.matmat(E), ref.matmat(E), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got.T.matmat(E), ref.T.matmat(E), rtol=1e-10, atol=1e-12)
     else:
         assert torch.equal(got.matmat(E), ref.matmat(E))
         assert torch.equal(got.T.matmat(E), ref.T.matmat(E))

@@ -126,6 +126,23 @@ class LinearOperator:
             return self._rows.row_orth(Y)
         return torch.linalg.qr(Y, mode="reduced").Q
 
+    # ------------------------------------------------------------------ size of the terms
+    # The rounding error of a product is relative to the terms summed into it, not to the
+    # result, which can be far smaller when the terms cancel (``A @ B - AB``). A dot test
+    # (lsr_scale.testing.dottest) measures its error against these sizes.
+    def term_matvec(self, x: torch.Tensor) -> torch.Tensor:
+        """A nonnegative vector with the size of the terms summed into each entry of ``A x``.
+
+        ``|M| |x|`` for a dense matrix; sums, products and multiples combine their parts'
+        sizes, so cancellation between them does not shrink it. An operator that knows
+        nothing finer (a Jacobian) returns ``|A |x||``, one product.
+        """
+        return self.matvec(x.abs()).abs()
+
+    def term_rmatvec(self, y: torch.Tensor) -> torch.Tensor:
+        """As :meth:`term_matvec`, for ``A^T y``."""
+        return self.rmatvec(y.abs()).abs()
+
     # ------------------------------------------------------------------ to implement
     def _matvec(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} does not implement _matvec")
@@ -303,6 +320,12 @@ class _TransposedOperator(LinearOperator):
     def _rmatmat(self, Y):
         return self.A.matmat(Y)
 
+    def term_matvec(self, x):
+        return self.A.term_rmatvec(x)
+
+    def term_rmatvec(self, y):
+        return self.A.term_matvec(y)
+
     @property
     def T(self):
         return self.A
@@ -335,6 +358,12 @@ class _ProductOperator(LinearOperator):
     def _rmatmat(self, Y):
         return self.B.rmatmat(self.A.rmatmat(Y))
 
+    def term_matvec(self, x):
+        return self.A.term_matvec(self.B.term_matvec(x))
+
+    def term_rmatvec(self, y):
+        return self.B.term_rmatvec(self.A.term_rmatvec(y))
+
 
 class _SumOperator(LinearOperator):
     def __init__(self, A: LinearOperator, B: LinearOperator) -> None:
@@ -361,6 +390,12 @@ class _SumOperator(LinearOperator):
     def _rmatmat(self, Y):
         return self.A.rmatmat(Y) + self.B.rmatmat(Y)
 
+    def term_matvec(self, x):
+        return self.A.term_matvec(x) + self.B.term_matvec(x)
+
+    def term_rmatvec(self, y):
+        return self.A.term_rmatvec(y) + self.B.term_rmatvec(y)
+
 
 class _ScaledOperator(LinearOperator):
     def __init__(self, A: LinearOperator, alpha: float) -> None:
@@ -383,6 +418,12 @@ class _ScaledOperator(LinearOperator):
 
     def _rmatmat(self, Y):
         return self.alpha * self.A.rmatmat(Y)
+
+    def term_matvec(self, x):
+        return abs(self.alpha) * self.A.term_matvec(x)
+
+    def term_rmatvec(self, y):
+        return abs(self.alpha) * self.A.term_rmatvec(y)
 
 
 class MatrixOperator(LinearOperator):
@@ -407,6 +448,12 @@ class MatrixOperator(LinearOperator):
 
     def _rmatmat(self, Y):
         return self.matrix.T @ Y
+
+    def term_matvec(self, x):
+        return self.matrix.abs() @ x.abs()
+
+    def term_rmatvec(self, y):
+        return self.matrix.abs().T @ y.abs()
 
     def to_dense(self) -> torch.Tensor:
         return self.matrix.to_dense() if self.matrix.is_sparse else self.matrix.clone()

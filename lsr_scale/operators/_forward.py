@@ -1,7 +1,8 @@
 """The ``torch.func`` back end: forward-mode JVPs and reverse-mode VJPs of a pure residual.
 
-``J_i @ v`` is ``torch.func.jvp`` of block ``i`` at ``theta0`` (or its cached
-``torch.func.linearize``), ``J_i^T @ w`` the cached ``torch.func.vjp`` of block ``i``.
+``J_i @ v`` is ``torch.func.jvp`` of block ``i`` at ``theta0`` (or its cached linearization,
+:mod:`~lsr_scale.operators._linearize`), ``J_i^T @ w`` the cached ``torch.func.vjp`` of block
+``i``.
 Groups of columns are batched with ``torch.vmap``.
 
 Which residuals it cannot take
@@ -30,12 +31,12 @@ an error that plain code raises never gets this far.
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 from torch import func as tfunc
 
 from ._backend import Backend, probe_vector
+from ._linearize import linearize
 from ._params import flatten_columns, unflatten_columns
 
 __all__ = ["ForwardBackend", "is_untransformable"]
@@ -72,7 +73,10 @@ class ForwardBackend(Backend):
         block's ``torch.func.vjp`` is built here and kept; with ``False`` every product
         re-runs the forward pass.
     linearize : bool
-        Build and keep each block's ``torch.func.linearize`` for the JVPs (needs ``cache``).
+        Build and keep each block's linearization for the JVPs (needs ``cache``): traced and
+        constant-folded like ``torch.func.linearize``, but functionalized first, since
+        torch's own returns wrong products on residuals with in-place operations (see
+        :mod:`lsr_scale.operators._linearize`).
         If torch cannot linearize the residual, the back end uses a fresh ``torch.func.jvp``
         per product instead and keeps the reason in ``linearize_error``; the operator decides
         whether that is an error (``linearize=True``) or a warning (``"auto"``).
@@ -86,7 +90,8 @@ class ForwardBackend(Backend):
     Attributes
     ----------
     linearize_error : str or None
-        Why ``torch.func.linearize`` failed, if it was asked for and did.
+        Why the linearization failed (or was dropped by the self-check), if it was
+        asked for and did.
     """
 
     mode = "forward"
@@ -118,10 +123,7 @@ class ForwardBackend(Backend):
 
     def _linearize(self, fns):
         try:
-            with warnings.catch_warnings():
-                # torch.fx const-folding inside linearize warns about get_attr nodes.
-                warnings.filterwarnings("ignore", message=".*get_attr Node.*")
-                return [tfunc.linearize(fn, self.params)[1] for fn in fns]
+            return [linearize(fn, self.params) for fn in fns]
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as err:
@@ -148,10 +150,22 @@ class ForwardBackend(Backend):
                 self._lin_fns[i : i + 1] = lin
 
     # ------------------------------------------------------------------ one group
-    def _jvp(self, i: int, V: torch.Tensor) -> torch.Tensor:
+    def drop_linearization(self, reason: str) -> None:
+        """Take fresh ``torch.func.jvp`` products from now on (the product self-check found
+        the linearization wrong); ``reason`` goes to ``linearize_error``."""
+        self._lin_fns = None
+        self.uses_linearize = False
+        self.linearize_error = reason
+
+    def fresh_jvp(self, i: int, V: torch.Tensor) -> torch.Tensor:
+        """``J_i @ V`` through a fresh ``torch.func.jvp``, linearization or not (the
+        reference the self-check compares the linearization with)."""
+        return self._jvp(i, V, fresh=True)
+
+    def _jvp(self, i: int, V: torch.Tensor, fresh: bool = False) -> torch.Tensor:
         """``J_i @ V`` for ``V`` of shape ``(m, k)`` -> ``(n_i, k)``."""
         k = V.shape[1]
-        if self._lin_fns is not None:
+        if self._lin_fns is not None and not fresh:
             f = self._lin_fns[i]
         else:
             fn, params = self.fns[i], self.params

@@ -5,7 +5,8 @@
 products themselves come from one of two back ends:
 
 * :class:`~lsr_scale.operators._forward.ForwardBackend`: ``torch.func`` forward-mode JVPs
-  (optionally through a cached ``torch.func.linearize``) and cached ``torch.func.vjp``;
+  (optionally through a cached linearization, :mod:`~lsr_scale.operators._linearize`)
+  and cached ``torch.func.vjp``;
 * :class:`~lsr_scale.operators._double_vjp.DoubleVJPBackend`: the double-VJP trick on plain
   autograd graphs, for residuals written with ``torch.autograd.grad``.
 
@@ -32,11 +33,18 @@ from .._checks import (
     describe,
     real_dtype,
 )
+from ._attention import differentiable_attention
 from ._backend import Backend
 from ._base import LinearOperator
+from ._diagnose import failing_layer, failing_ops
 from ._double_vjp import DoubleVJPBackend
 from ._forward import ForwardBackend, is_untransformable
-from ._jacobian_checks import check_all_params_used, check_deterministic, check_finite_blocks
+from ._jacobian_checks import (
+    check_all_params_used,
+    check_deterministic,
+    check_finite_blocks,
+    check_products,
+)
 from ._module import check_module_inputs, module_jvp, module_residual
 from ._params import (
     as_complex,
@@ -91,7 +99,8 @@ class JacobianOperator(BlockProducts, LinearOperator):
         forward-mode formula, in-place writes to captured tensors. Any other error,
         including every ``ValueError`` and ``TypeError``, propagates.
     linearize : {"auto", True, False}
-        Whether the forward-mode JVP runs through a cached ``torch.func.linearize`` of each
+        Whether the forward-mode JVP runs through a cached linearization (traced like
+        ``torch.func.linearize``, functionalized before folding) of each
         block rather than a fresh ``torch.func.jvp`` per product. ``"auto"`` linearizes
         whenever ``cache=True``, on every device, and uses the fresh JVP (the reason in
         ``linearize_error``; the products are the same) if torch cannot linearize the
@@ -113,6 +122,12 @@ class JacobianOperator(BlockProducts, LinearOperator):
     check : bool
         Validate the residual at construction: finite, the same in two identical calls, and
         every parameter tensor affecting it (see Notes).
+    self_check : bool
+        Check the products at construction (see Notes): a cached linearization against a
+        fresh ``torch.func.jvp``, and one dot test of the JVP against the VJP, along one
+        random direction of a private fixed-seed generator. On a mismatch the operator falls
+        back to the back end that passes and warns once; ``product_check`` records it. It
+        costs three JVPs and one VJP; ``False`` skips it (timing runs).
 
     Attributes
     ----------
@@ -130,13 +145,17 @@ class JacobianOperator(BlockProducts, LinearOperator):
     jvp_fallback_reason : str or None
         Why ``jvp="auto"`` resolved to ``"double_vjp"`` (the forward-mode error), else None.
     uses_linearize : bool
-        Whether the forward-mode JVP runs through a cached ``torch.func.linearize``.
+        Whether the forward-mode JVP runs through a cached linearization.
     linearize_error : str or None
         Why a requested linearization failed (``linearize="auto"``), else None.
     vmap_error : str or None
         None while column groups are batched with ``vmap``; the vmap error once a residual
         that vmap cannot batch switched the operator to one column at a time (see
         :mod:`lsr_scale.operators._backend`; a ``RuntimeWarning`` says so once).
+    product_check : dict or None
+        What the product self-check measured: ``linearize_error`` and ``dot_test``
+        (relative to the size of the terms), ``tolerance``, ``backend`` and ``fallback``
+        (None when nothing changed). None with ``self_check=False``.
     row_slices : list of slice
         The rows of each block (more blocks after an out-of-memory split; see Notes).
     num_blocks : int
@@ -191,6 +210,16 @@ class JacobianOperator(BlockProducts, LinearOperator):
     * *every parameter used*: no parameter tensor's block of ``J^T w`` is exactly zero,
       for ``w`` the fixed vector of :func:`~lsr_scale.operators._backend.probe_vector`.
 
+    Product self-check (``self_check=True``): the tolerance is ``256 eps`` of the dtype, and
+    at least ``1.5e-8`` (3.1e-5 in float32, 1.5e-8 in float64), relative to the size of the
+    terms (``||u|| ||J v|| + ||J^T u|| ||v||`` for the dot test,
+    ``||J v||`` for the comparison of JVPs). A linearization that fails is dropped for fresh
+    ``torch.func.jvp`` products; a dot test that fails with ``torch.func`` products moves
+    the operator to the double-VJP back end; if that fails too, ``RuntimeError``. The
+    linearization here is functionalized before it is folded, because
+    ``torch.func.linearize`` returns wrong products for residuals with in-place operations
+    (torch 2.13; :mod:`lsr_scale.operators._linearize`), so the check is a safety net.
+
     Cost model: one JVP or VJP costs about two to three forward passes. A linearized JVP is
     faster than a fresh ``torch.func.jvp`` on the hardware measured: about 2.1 against 3.1
     forward passes on an H100, and 1.2 to 2.7 times faster on a 2-core x86 CPU (torch 2.13,
@@ -239,6 +268,10 @@ class JacobianOperator(BlockProducts, LinearOperator):
         batching: str = "auto",
         cache: bool = True,
         check: bool = True,
+        self_check: bool = True,
+        _label: str | None = None,
+        _module: torch.nn.Module | None = None,
+        _entry: str | None = None,
     ) -> None:
         params = check_param_dict(params, "params")
         fns = check_callables(residual_fn, "residual_fn")
@@ -255,6 +288,8 @@ class JacobianOperator(BlockProducts, LinearOperator):
 
         theta0 = {k: v.detach() for k, v in params.items()}
         first = next(iter(theta0.values()))
+        # for error messages: the module behind the residual and the entry point used
+        self._module, self._entry = _module, _entry
         self.params = theta0
         self.param_names = list(theta0)
         self.complex_params = complex_keys(theta0)
@@ -288,6 +323,11 @@ class JacobianOperator(BlockProducts, LinearOperator):
         if check:
             check_deterministic(self, plain)
             check_all_params_used(self)
+        self.product_check: dict | None = None
+        if self_check:
+            if _label is None:
+                _label = f"residual_fn {getattr(fns[0], '__qualname__', type(fns[0]).__name__)}"
+            self.product_check = check_products(self, _label, self._double_vjp_backend)
 
     @property
     def jvp_mode(self) -> str:
@@ -296,7 +336,7 @@ class JacobianOperator(BlockProducts, LinearOperator):
 
     @property
     def uses_linearize(self) -> bool:
-        """Whether the forward-mode JVP runs through a cached ``torch.func.linearize``."""
+        """Whether the forward-mode JVP runs through a cached linearization."""
         return self._backend.uses_linearize
 
     @property
@@ -313,11 +353,12 @@ class JacobianOperator(BlockProducts, LinearOperator):
     def _wrap(self, fn):
         """``fn`` as a function of the real parameter space (complex tensors as pairs)."""
         keys = self.complex_params
-        if not keys:
-            return fn
 
         def residual(p):
-            return fn(as_complex(p, keys))
+            # attention kernels that every transform can take (a user's residual_fn may run
+            # a transformer too); the global settings are restored after each call
+            with differentiable_attention():
+                return fn(as_complex(p, keys) if keys else p)
 
         return residual
 
@@ -349,6 +390,34 @@ class JacobianOperator(BlockProducts, LinearOperator):
                 f"got {r.device}"
             )
 
+    def _undifferentiable(self, err, err_double) -> str:
+        """The message for a residual neither back end can differentiate (see _diagnose)."""
+        ops = failing_ops(err, err_double)
+        layer = None
+        if self._module is not None:
+            layer = failing_layer(self._module, self._fns[0], self._real_params)
+        entry = self._entry or "residual_fn"
+        where = (f" in layer {layer}" if layer else "") + (f" at {', '.join(ops)}" if ops else "")
+        return (
+            f"{entry}: expected a model that torch.func forward mode or autograd double-VJP can "
+            f"differentiate, got errors from both{where}: {type(err).__name__}: {err}; "
+            f"{type(err_double).__name__}: {err_double}. Fix: run that layer through an "
+            "implementation torch can differentiate twice (for a fused kernel, its reference "
+            "or math version; attention is switched to the math kernel already), or refine "
+            "only the parameters after it (params=[...]) with its outputs as the inputs"
+        )
+
+    def _double_vjp_backend(self) -> Backend:
+        self._backend = None  # free the cached state of the back end being replaced first
+        return DoubleVJPBackend(
+            self._fns,
+            self._real_params,
+            self._block_shapes,
+            check_output=self._check_output,
+            cache=self.cache,
+            batching=self.batching,
+        )
+
     def _make_backend(self, jvp: str, linearize) -> Backend:
         """The back end for ``jvp`` and ``linearize``, by the rules in the class docstring."""
         args = (self._fns, self._real_params, self._block_shapes)
@@ -378,11 +447,7 @@ class JacobianOperator(BlockProducts, LinearOperator):
             except (RuntimeError, NotImplementedError) as err_double:
                 if isinstance(err_double, torch.cuda.OutOfMemoryError):
                     raise
-                raise RuntimeError(
-                    "residual_fn: expected a residual that torch.func forward mode or autograd "
-                    f"double-VJP can differentiate, got errors from both: "
-                    f"{type(err).__name__}: {err}; {type(err_double).__name__}: {err_double}"
-                ) from err_double
+                raise RuntimeError(self._undifferentiable(err, err_double)) from err_double
         if backend.linearize_error is not None:
             if linearize is True:
                 raise RuntimeError(
@@ -455,6 +520,7 @@ class JacobianOperator(BlockProducts, LinearOperator):
         batching: str = "auto",
         cache: bool = True,
         check: bool = True,
+        self_check: bool = True,
     ) -> JacobianOperator:
         """The Jacobian of the supervised residual ``model(*inputs) - targets``.
 
@@ -475,7 +541,7 @@ class JacobianOperator(BlockProducts, LinearOperator):
         chunk_size : int, optional
             Split the ``N`` data rows into row blocks of ``chunk_size`` rows (halved when one
             column of a block runs out of memory).
-        jvp, linearize, batch_size, batching, cache, check
+        jvp, linearize, batch_size, batching, cache, check, self_check
             As for :class:`JacobianOperator`. Complex parameters are refined as real pairs.
 
         Returns
@@ -560,6 +626,10 @@ class JacobianOperator(BlockProducts, LinearOperator):
             batching=batching,
             cache=cache,
             check=check,
+            self_check=self_check,
+            _label=f"model {type(model).__name__}",
+            _module=model,
+            _entry="data= (model(*inputs) - targets)",
         )
         J._row_bounds, J._row_maker = list(bounds), make
         J.module = model

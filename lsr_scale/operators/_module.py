@@ -14,6 +14,7 @@ import torch
 from torch import func as tfunc
 
 from .._checks import check_param_dict, describe
+from ._attention import differentiable_attention
 from ._params import as_complex, complex_keys, real_view, select_param_names
 
 __all__ = ["module_jvp"]
@@ -70,12 +71,15 @@ def module_residual(
     -------
     callable
         ``residual(p: dict[str, Tensor]) -> Tensor``. It raises ``ValueError`` when the output
-        and ``targets`` differ in shape.
+        and ``targets`` differ in shape. The model runs inside
+        :func:`~lsr_scale.operators._attention.differentiable_attention` (math attention
+        kernel, no MHA fast path), so transformer layers differentiate.
     """
 
     def residual(p):
         bufs = {k: b.clone() for k, b in buffers.items()}
-        out = tfunc.functional_call(model, ({**frozen, **p}, bufs), inputs)
+        with differentiable_attention():  # attention kernels that every transform can take
+            out = tfunc.functional_call(model, ({**frozen, **p}, bufs), inputs)
         if targets is None:
             return out
         if out.shape != targets.shape:

@@ -96,4 +96,5 @@ class LoaderData:
             batch_size=products.batch_size,
             batching=products.batching,
             cache=False,
+            self_check=products.self_check,
         )

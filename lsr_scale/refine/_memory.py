@@ -148,6 +148,7 @@ def estimate(
     linearize: bool = True,
     vmap: bool = False,
     model_copy: bool = False,
+    self_check: bool = True,
 ) -> MemoryEstimate:
     """Peak bytes of ``refine(model, data, method=method)`` added to what exists before.
 
@@ -175,6 +176,11 @@ def estimate(
         Whether the operator caches a linearization besides the VJP (forward mode).
     vmap : bool
         Whether a batch of columns runs in one ``vmap`` call (GPU) or a loop (CPU).
+    self_check : bool
+        Whether the operator checks its products when built (``Products.self_check``): a
+        fresh ``torch.func.jvp`` over each row block, whose activations (the primal's and
+        the tangent's, about twice a linearized column's) are alive at construction, when
+        no product batch is. Counted as ``"check"``: what that exceeds the product part by.
     model_copy : bool
         Whether ``refine`` converts a copy of the model (``dtype=`` or a wider
         ``product_dtype``).
@@ -247,6 +253,8 @@ def estimate(
                 parts["reduced"] = 8 * r * s + 4 * n * s
     else:
         raise TypeError(f"method: expected ls.Subspace or ls.Krylov, got {type(method).__name__}")
+    if self_check:
+        parts["check"] = max(0, 2 * per_col_act - parts.get("product", 0))
     sizes = dict(
         m=m, n=n, rows=rows, act_row=act_row, dtype=str(pdt), batch=batch, chunk=chunk,
         linearize=linearize, vmap=vmap,
@@ -298,7 +306,7 @@ def preflight(method, model, inputs, targets, products, *, product_dtype=None, a
     free = available_bytes(device) if available is None else int(available)
     kw = dict(
         m=m, n=n, rows=rows, act_row=act, dtype=dtype, product_dtype=product_dtype or dtype,
-        linearize=products.jvp != "double_vjp", vmap=vmap,
+        linearize=products.jvp != "double_vjp", vmap=vmap, self_check=products.self_check,
     )  # fmt: skip
     batch = products.batch_size or max(1, min(n, m))
     chunk = products.chunk_size

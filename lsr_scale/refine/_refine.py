@@ -141,8 +141,9 @@ def refine(
     RefinedModel
         ``refined(x)`` is the linear predictor; ``refined.info`` holds ``method`` (its
         name), ``settings`` (the method object used), ``times`` (seconds per phase),
-        ``peak_mem_bytes``, ``rank``, ``num_jvp``/``num_vjp`` (column products), ``solver``
-        and ``preconditioner``.
+        ``peak_mem_bytes``, ``rank``, ``num_jvp``/``num_vjp`` (column products), ``solver``,
+        ``preconditioner`` and ``product_check`` (what the products' self-check measured and
+        any back end it changed; see :class:`~lsr_scale.Products`).
 
     Raises
     ------
@@ -298,6 +299,7 @@ def refine(
         n_params=m,
         param_names=list(J.param_names),
         jvp_mode=J.jvp_mode,
+        product_check=getattr(J, "product_check", None),
         # global sums when J's rows are sharded over processes (lsr_scale.distributed)
         loss_before=0.5 * float(J.row_norm(b.double()) ** 2),
         loss_linearized=0.5 * float(J.row_norm(lin_res.double()) ** 2),
