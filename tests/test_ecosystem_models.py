@@ -1,0 +1,62 @@
+"""Architectures from the ecosystem's own packages, random initialization, default arguments.
+
+Each runs where its package is installed (the ``test`` and ``models`` extras pin them) and is
+skipped otherwise; nothing is downloaded: the models are built from configurations.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import lsr_scale as ls
+
+
+class _LastToken(nn.Module):
+    """GPT-2 read out at the last position: a few logits as a regression output."""
+
+    def __init__(self, gpt, k=4):
+        super().__init__()
+        self.gpt, self.k = gpt, k
+
+    def forward(self, ids):
+        return self.gpt(input_ids=ids).logits[:, -1, : self.k]
+
+
+def _gpt2(seed=0):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(
+        n_layer=2, n_head=2, n_embd=32, vocab_size=50, n_positions=16,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = _LastToken(transformers.GPT2LMHeadModel(cfg)).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    ids = torch.randint(0, 50, (24, 8), generator=g)
+    return model, ids
+
+
+def test_gpt2_token_ids_refine_with_both_default_methods():
+    """Token ids, causal attention, LayerNorm, GELU and a tied embedding, trained briefly."""
+    model, ids = _gpt2()
+    y = torch.randn(ids.shape[0], 4, generator=torch.Generator().manual_seed(5))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(30):  # a brief fit, so the refinement starts from a trained point
+        opt.zero_grad()
+        loss = ((model(ids) - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        before = (model(ids) - y).norm()
+    for method in ("subspace", "krylov"):
+        refined = ls.refine(model, data=(ids, y), method=method, progress_bar=False)
+        assert refined.info["product_check"]["fallback"] is None
+        assert refined.info["loss_linearized"] < refined.info["loss_before"]
+        assert (refined(ids) - y).norm() < before
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
