@@ -24,7 +24,7 @@ def _norm(x: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(x.double()))
 
 
-def dot_test_error(A, u, v, Au=None, Atv=None, *, terms: bool = True) -> tuple[float, float]:
+def dot_test_error(A, u, v, Au=None, Atv=None, *, terms=True) -> tuple[float, float]:
     """``(|<A u, v> - <u, A^T v>|, scale)``: the dot-test error and the size of its terms.
 
     Parameters
@@ -34,9 +34,11 @@ def dot_test_error(A, u, v, Au=None, Atv=None, *, terms: bool = True) -> tuple[f
         Vectors of ``A``'s input and output space (``A.dtype``, ``A.device``).
     Au, Atv : torch.Tensor, optional
         ``A @ u`` and ``A.T @ v`` when already computed.
-    terms : bool
-        Measure against the operator's term sizes (two more products for an operator without
-        finer knowledge); ``False``: against the computed products only (no products added).
+    terms : bool or (torch.Tensor, torch.Tensor)
+        Measure against the operator's term sizes: ``True`` computes them (two more products
+        for an operator without finer knowledge), a pair passes them in when already computed
+        (``A.term_matvec(u)``, ``A.term_rmatvec(v)``); ``False``: against the computed
+        products only (no products added).
 
     Returns
     -------
@@ -50,8 +52,7 @@ def dot_test_error(A, u, v, Au=None, Atv=None, *, terms: bool = True) -> tuple[f
     rhs = float(torch.dot(u.double(), Atv.double()))
     nu, nv = _norm(u), float(A.row_norm(v.double()))
     scale = float(A.row_norm(Au.double())) * nv + nu * _norm(Atv)
-    if terms:
-        t_u = float(A.row_norm(A.term_matvec(u).double()))
-        t_v = _norm(A.term_rmatvec(v))
-        scale = max(scale, t_u * nv + nu * t_v)
+    if terms is not False:
+        Tu, Tv = (A.term_matvec(u), A.term_rmatvec(v)) if terms is True else terms
+        scale = max(scale, float(A.row_norm(Tu.double())) * nv + nu * _norm(Tv))
     return abs(lhs - rhs), scale
