@@ -111,10 +111,10 @@ def linearize(fn, params: dict[str, torch.Tensor]):
             pure.graph.erase_node(node)
         pure.recompile()
         folded = const_fold.split_const_subgraphs(pure)
+        folded.run_folding()  # now, not lazily in the first product
 
     def jvp(tangents: dict[str, torch.Tensor]) -> torch.Tensor:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.filterwarnings("ignore", message=_FOLD_WARNING)
+        with torch.no_grad():
             return folded(*[tangents[k] for k in keys])
 
     return jvp
