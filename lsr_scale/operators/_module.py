@@ -71,15 +71,15 @@ def module_residual(
     -------
     callable
         ``residual(p: dict[str, Tensor]) -> Tensor``. It raises ``ValueError`` when the output
-        and ``targets`` differ in shape. The model runs inside
+        and ``targets`` differ in shape. Callers that transform it run it inside
         :func:`~lsr_scale.operators._attention.differentiable_attention` (math attention
-        kernel, no MHA fast path), so transformer layers differentiate.
+        kernel, no MHA fast path): :class:`~lsr_scale.JacobianOperator` wraps every residual
+        in it, and :func:`module_jvp` its one JVP.
     """
 
     def residual(p):
         bufs = {k: b.clone() for k, b in buffers.items()}
-        with differentiable_attention():  # attention kernels that every transform can take
-            out = tfunc.functional_call(model, ({**frozen, **p}, bufs), inputs)
+        out = tfunc.functional_call(model, ({**frozen, **p}, bufs), inputs)
         if targets is None:
             return out
         if out.shape != targets.shape:
@@ -161,10 +161,11 @@ def module_jvp(
     buffers = {k: b.detach() for k, b in model.named_buffers()}
     f = module_residual(model, tuple(inputs), frozen=frozen, buffers=buffers)
     keys = complex_keys(primals)
-    if not keys:
-        return tfunc.jvp(f, (primals,), (dict(tangents),))
+    with differentiable_attention():  # attention kernels that forward mode can take
+        if not keys:
+            return tfunc.jvp(f, (primals,), (dict(tangents),))
 
-    def f_real(p):  # complex parameters as (real, imaginary) pairs: a real-linear JVP
-        return f(as_complex(p, keys))
+        def f_real(p):  # complex parameters as (real, imaginary) pairs: a real-linear JVP
+            return f(as_complex(p, keys))
 
-    return tfunc.jvp(f_real, (real_view(primals),), (real_view(tangents),))
+        return tfunc.jvp(f_real, (real_view(primals),), (real_view(tangents),))
