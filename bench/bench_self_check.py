@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import time
-from pathlib import Path
 
 import torch
+from _record import cpu_device, write  # bench/ is on sys.path when run
 
 import lsr_scale as ls
 from lsr_scale.operators._jacobian_checks import check_products
 from lsr_scale.problems import FunctionProblem
-
-OUT = Path(__file__).parent / "results"
 
 
 def _best(fn, repeats):
@@ -78,25 +74,19 @@ def main(argv=None):
             f"({100 * check / total:.2f}%)",
             flush=True,
         )
-    device = f"cpu ({platform.processor() or platform.machine()}, {args.threads} thread)"
-    payload = dict(device=device, torch=torch.__version__, epochs=args.epochs, rows=rows)
-    OUT.mkdir(exist_ok=True)
-    (OUT / "self_check_cpu.json").write_text(json.dumps(payload, indent=2) + "\n")
-    lines = [
-        f"# Product self-check cost ({device}, torch {torch.__version__})",
-        "",
-        "Command: `python bench/bench_self_check.py --threads 1`",
-        "",
+    payload = dict(device=cpu_device(args.threads), epochs=args.epochs, rows=rows)
+    body = [
         "| method (defaults) | products in | refine (s) | self-check (ms) | fraction |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(
+        body.append(
             f"| {r['method']} | {r['product_dtype'].removeprefix('torch.')} | "
             f"{r['refine_s']:.2f} | {1e3 * r['check_s']:.1f} | "
             f"{100 * r['fraction']:.2f}% |"
         )
-    (OUT / "self_check_cpu.md").write_text("\n".join(lines) + "\n")
+    write("self_check_cpu", payload, "Product self-check cost",
+          "python bench/bench_self_check.py --threads 1", body)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -13,17 +13,14 @@ training loss before and after, and the train error of the predictor. Writes
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
-from pathlib import Path
 
 import torch
+from _record import cpu_device, write  # bench/ is on sys.path when run
 from torch import func as tfunc
 
 import lsr_scale as ls
-
-OUT = Path(__file__).parent / "results"
 
 
 def _dot(J, seed):
@@ -87,21 +84,10 @@ def main(argv=None):
         wall_s=wall,
         product_check=info["product_check"],
     )
-    payload = dict(
-        device=f"cpu ({args.threads} thread)", torch=torch.__version__, rows=rows, krylov=krylov
-    )
-    OUT.mkdir(exist_ok=True)
-    (OUT / "fno_products_cpu.json").write_text(json.dumps(payload, indent=2) + "\n")
-    lines = [
-        f"# FNO products (cpu, {args.threads} thread, torch {torch.__version__})",
-        "",
-        "Command: `python bench/fno_products.py --threads 1`",
-        "",
-        "| products | normalized dot-test error (3 draws) |",
-        "|---|---|",
-    ]
-    lines += [f"| {r['products']} | {', '.join(f'{d:.1e}' for d in r['dot'])} |" for r in rows]
-    lines += [
+    payload = dict(device=cpu_device(args.threads), rows=rows, krylov=krylov)
+    body = ["| products | normalized dot-test error (3 draws) |", "|---|---|"]
+    body += [f"| {r['products']} | {', '.join(f'{d:.1e}' for d in r['dot'])} |" for r in rows]
+    body += [
         "",
         "Krylov defaults on the same FNO (random init, 20 smooth targets):",
         "",
@@ -111,8 +97,8 @@ def main(argv=None):
         f"| {krylov['loss_before']:.4g} | {krylov['loss_linearized']:.4g} | "
         f"{krylov['iterations']} | {before:.3f} | {after:.3f} | {wall:.1f} |",
     ]
-    (OUT / "fno_products_cpu.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(write("fno_products_cpu", payload, "FNO products",
+                "python bench/fno_products.py --threads 1", body))  # fmt: skip
 
 
 if __name__ == "__main__":

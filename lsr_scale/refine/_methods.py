@@ -44,7 +44,7 @@ class Products:
         against a fresh ``torch.func.jvp``, and one dot test of the JVP against the VJP. On a
         mismatch the operator falls back to the back end that passes and warns;
         ``info["product_check"]`` records what was measured. It costs three JVPs and one VJP
-        (about 1% of a default refine on the demo problem); ``False`` skips it for timing
+        (under 0.5% of a default refine on the demo problem); ``False`` skips it for timing
         runs.
     """
 
