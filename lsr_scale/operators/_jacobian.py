@@ -408,6 +408,8 @@ class JacobianOperator(BlockProducts, LinearOperator):
         )
 
     def _double_vjp_backend(self) -> Backend:
+        """A double-VJP back end for this operator's blocks (at construction, or in place of
+        a forward back end the self-check refused)."""
         self._backend = None  # free the cached state of the back end being replaced first
         return DoubleVJPBackend(
             self._fns,
@@ -423,7 +425,7 @@ class JacobianOperator(BlockProducts, LinearOperator):
         args = (self._fns, self._real_params, self._block_shapes)
         kw = dict(cache=self.cache, batching=self.batching)
         if jvp == "double_vjp":
-            return DoubleVJPBackend(*args, check_output=self._check_output, **kw)
+            return self._double_vjp_backend()
         try:
             backend = ForwardBackend(
                 *args,
@@ -443,7 +445,7 @@ class JacobianOperator(BlockProducts, LinearOperator):
                 raise
             self.jvp_fallback_reason = f"{type(err).__name__}: {err}"
             try:
-                return DoubleVJPBackend(*args, check_output=self._check_output, **kw)
+                return self._double_vjp_backend()
             except (RuntimeError, NotImplementedError) as err_double:
                 if isinstance(err_double, torch.cuda.OutOfMemoryError):
                     raise
