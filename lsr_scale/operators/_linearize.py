@@ -25,18 +25,27 @@ rounding.
 What this module does instead
 -----------------------------
 :func:`linearize` traces the same dual-number evaluation with ``make_fx``, then *retraces
-the trace under* ``torch.func.functionalize``, which rewrites every in-place operation into
-an out-of-place one (a slice write becomes ``slice_scatter``). Only then is the graph folded:
-with nothing mutated, folding cannot change what it computes. Views are kept (``t`` stays a
-view, not a copy), so the matrix products, and their rounding, are those of a fresh
-``torch.func.jvp``: on an MLP the two agree bitwise.
-A traced graph that still holds a mutating operation is refused (``RuntimeError``), and the
-operator then takes fresh ``torch.func.jvp`` products instead, as for any residual that
-cannot be traced.
+the trace under* ``torch.func.functionalize``, with the parameters and tangents as its
+inputs, which rewrites every in-place operation on a tensor derived from them into an
+out-of-place one (a slice write becomes ``slice_scatter``). Only then is the graph folded.
+Views are kept (``t`` stays a view, not a copy), so the matrix products, and their rounding,
+are those of a fresh ``torch.func.jvp``: on an MLP the two agree bitwise.
+
+Functionalization does not rewrite writes into tensors derived from captured tensors alone
+(the inputs, buffers and frozen parameters): batch norm's forward-mode rule computes
+``1 / sqrt(var + eps)`` as ``empty_like(...).fill_(1).div_(...)``. Folding stores the
+tensor written into and would keep the writes in the per-call graph, so
+:func:`rewrite_base_writes` turns such writes into out-of-place operations first, when they
+write a whole tensor that nothing else views; any other leftover write is refused
+(``RuntimeError``), and the operator takes fresh ``torch.func.jvp`` products (circular
+padding does this). The operator's product self-check (``JacobianOperator(self_check=True)``)
+compares the result with a fresh ``torch.func.jvp`` on two calls, for whatever this does
+not cover.
 """
 
 from __future__ import annotations
 
+import operator
 import warnings
 
 import torch
@@ -44,20 +53,90 @@ import torch.autograd.forward_ad as fwAD
 from torch.fx.experimental import const_fold
 from torch.fx.experimental.proxy_tensor import make_fx
 
-__all__ = ["linearize"]
+__all__ = ["linearize", "rewrite_base_writes"]
 
 # torch.fx const-folding warns about get_attr nodes it creates itself
 _FOLD_WARNING = ".*get_attr Node.*"
 
 
-def _mutating_nodes(gm: torch.fx.GraphModule) -> list:
-    """The nodes of ``gm`` whose operation writes into one of its inputs."""
-    return [
-        node
-        for node in gm.graph.nodes
-        if node.op == "call_function"
-        and getattr(getattr(node.target, "_schema", None), "is_mutable", False)
-    ]
+def _written(node) -> list:
+    """The argument nodes an in-place operation writes into (empty for pure operations)."""
+    schema = getattr(node.target, "_schema", None)
+    if node.op != "call_function" or schema is None or not schema.is_mutable:
+        return []
+    out = []
+    for i, arg in enumerate(schema.arguments):
+        if arg.alias_info is not None and arg.alias_info.is_write:
+            value = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
+            if isinstance(value, torch.fx.Node):
+                out.append(value)
+    return out
+
+
+def _aliased(node):
+    """The argument node whose storage a view (or an in-place result) shares, else None."""
+    if node.op != "call_function":
+        return None
+    if node.target is operator.getitem:  # one of a list of views (unbind, split, ...)
+        return node.args[0] if isinstance(node.args[0], torch.fx.Node) else None
+    schema = getattr(node.target, "_schema", None)
+    if schema is None or not schema.returns or schema.returns[0].alias_info is None:
+        return None
+    sets = schema.returns[0].alias_info.before_set
+    for i, arg in enumerate(schema.arguments):
+        if arg.alias_info is not None and arg.alias_info.before_set & sets:
+            value = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
+            return value if isinstance(value, torch.fx.Node) else None
+    return None
+
+
+def _functional_overload(node):
+    """The out-of-place twin of an in-place op (``aten.div_.Tensor`` -> ``aten.div.Tensor``)."""
+    packet = getattr(node.target, "overloadpacket", None)
+    name = getattr(packet, "__name__", "")
+    if not name.endswith("_") or name.endswith("__"):
+        return None
+    twin = getattr(torch.ops.aten, name[:-1], None)
+    return getattr(twin, node.target._overloadname, None) if twin is not None else None
+
+
+def rewrite_base_writes(gm: torch.fx.GraphModule) -> None:
+    """Rewrite what functionalization left in place into out-of-place operations.
+
+    It leaves writes into tensors derived from captured tensors alone (the inputs, buffers
+    and frozen parameters): batch norm's forward-mode rule computes ``1 / sqrt(var + eps)``
+    as ``empty_like(...).fill_(1).div_(...)``. A write ``op_(w, ...)`` into a tensor ``w``
+    that is not a view and has no views becomes ``op(w, ...)``, and every later use of ``w``
+    reads the result. Anything else (a write through a view, an op with no out-of-place
+    twin) raises ``RuntimeError``, and the caller takes fresh ``torch.func.jvp`` products.
+    """
+    graph = gm.graph
+    changed = False
+    for node in list(graph.nodes):
+        written = _written(node)
+        if not written:
+            continue
+        twin = _functional_overload(node)
+        w = written[0]
+        order = {n: i for i, n in enumerate(graph.nodes)}
+        viewed = _aliased(w) is not None or any(_aliased(u) is w for u in w.users if u is not node)
+        if twin is None or len(written) > 1 or w is not node.args[0] or viewed:
+            raise RuntimeError(
+                f"linearize: expected in-place operations on whole tensors only after "
+                f"functionalization, got {node.target} on a view or without an out-of-place "
+                "form"
+            )
+        with graph.inserting_after(node):
+            pure = graph.call_function(twin, node.args, node.kwargs)
+        node.replace_all_uses_with(pure)
+        for user in list(w.users):
+            if user is not node and order.get(user, -1) > order[node]:
+                user.replace_input_with(w, pure)
+        graph.erase_node(node)
+        changed = True
+    if changed:
+        graph.lint()
+        gm.recompile()
 
 
 def linearize(fn, params: dict[str, torch.Tensor]):
@@ -70,9 +149,9 @@ def linearize(fn, params: dict[str, torch.Tensor]):
     Raises
     ------
     RuntimeError
-        Also what tracing raises (data-dependent control flow, untraceable operations), and
-        when the functionalized graph still writes in place. The caller falls back to a fresh
-        ``torch.func.jvp`` then.
+        What tracing raises (data-dependent control flow, untraceable operations), and
+        in-place writes it cannot rewrite (:func:`rewrite_base_writes`). The caller falls
+        back to a fresh ``torch.func.jvp`` then.
     """
     keys = list(params)
     primals = [params[k] for k in keys]
@@ -92,13 +171,8 @@ def linearize(fn, params: dict[str, torch.Tensor]):
         warnings.filterwarnings("ignore", message=_FOLD_WARNING)
         traced = make_fx(tangent_of)(*examples)
         pure = make_fx(torch.func.functionalize(traced, remove="mutations"))(*examples)
+        rewrite_base_writes(pure)  # what functionalization could not see, if it is simple
         del traced  # the retrace holds what the graph needs
-        left = _mutating_nodes(pure)
-        if left:
-            raise RuntimeError(
-                "linearize: expected a graph without in-place operations after "
-                f"functionalization, got {sorted({str(n.target) for n in left})}"
-            )
         # the primals become stored constants, so folding computes everything that depends
         # on them alone once
         placeholders = [n for n in pure.graph.nodes if n.op == "placeholder"]
