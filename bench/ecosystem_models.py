@@ -1,0 +1,152 @@
+"""Default refines on the ecosystem's own architectures (issue: the models users bring).
+
+Each model is built from its package with random initialization (nothing is downloaded),
+fitted briefly with Adam to random regression targets, then refined with
+``ls.refine(model, data=(x, y))`` and ``method="krylov"``, nothing else. For each it records
+the parameter count, the product back end the self-check settled on, the linearized loss
+before and after, the training error of the predictor and the time. A model whose package
+is missing is skipped; rows already recorded are kept, so runs in different environments
+(torchvision needs torch 2.14.1 on this machine, see the closing note) fill one table.
+Writes ``bench/results/ecosystem_cpu.{json,md}``.
+
+    python bench/ecosystem_models.py --threads 1 [--only resnet18]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+
+import torch
+from _record import OUT, cpu_device, write  # bench/ is on sys.path when run
+from torch import nn
+
+import lsr_scale as ls
+
+
+class _Head(nn.Module):
+    """A model's output read out as ``k`` regression outputs."""
+
+    def __init__(self, body, pick):
+        super().__init__()
+        self.body, self.pick = body, pick
+
+    def forward(self, x):
+        return self.pick(self.body(x))
+
+
+def resnet18():
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=4)
+    return model, torch.randn(16, 3, 32, 32), 4
+
+
+def gpt2():
+    import transformers
+
+    cfg = transformers.GPT2Config(
+        n_layer=2, n_head=2, n_embd=64, vocab_size=100, n_positions=32,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    body = transformers.GPT2LMHeadModel(cfg)
+    model = _Head(body, lambda out: out.logits[:, -1, :4])
+    return (
+        model,
+        torch.randint(0, 100, (32, 16), generator=torch.Generator().manual_seed(2)),
+        4,
+    )
+
+
+def fno():
+    from neuralop.models import FNO
+
+    model = FNO(n_modes=(16,), hidden_channels=32, in_channels=1, out_channels=1, n_layers=4)
+    return _Head(model, lambda out: out[:, 0, ::16]), torch.randn(20, 1, 128), 8
+
+
+def encoder():
+    layer = nn.TransformerEncoderLayer(32, 2, 64, dropout=0.0, batch_first=True)
+    body = nn.Sequential(nn.Linear(3, 32), layer, nn.Linear(32, 2))
+    return _Head(body, lambda out: out.mean(1)), torch.randn(40, 6, 3), 2
+
+
+MODELS = {"resnet18": resnet18, "gpt2": gpt2, "fno": fno, "transformer-encoder": encoder}
+
+
+def _run(name, make, args):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, x, k = make()
+    y = torch.randn(x.shape[0], k, generator=torch.Generator().manual_seed(1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(args.epochs):
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        before = float((model(x) - y).norm() / y.norm())
+    n_params = sum(p.numel() for p in model.parameters())
+    row = dict(model=name, torch=torch.__version__, n_params=n_params, n_rows=int(y.numel()),
+               train_rel_before=before)  # fmt: skip
+    for method in ("subspace", "krylov"):
+        t0 = time.perf_counter()
+        refined = ls.refine(model, data=(x, y), method=method, progress_bar=False)
+        info = refined.info
+        row[method] = dict(
+            wall_s=time.perf_counter() - t0,
+            backend=info["product_check"]["backend"],
+            loss_before=info["loss_before"],
+            loss_linearized=info["loss_linearized"],
+            train_rel_after=float((refined(x) - y).norm() / y.norm()),
+            peak_mem_bytes=info["peak_mem_bytes"],
+        )
+        print(name, method, row[method], flush=True)
+    return row
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=10, help="Adam steps before refining")
+    ap.add_argument("--only", nargs="*", default=None, choices=sorted(MODELS))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    path = OUT / "ecosystem_cpu.json"
+    rows = {r["model"]: r for r in json.loads(path.read_text())["rows"]} if path.exists() else {}
+    for name in args.only or list(MODELS):
+        try:
+            rows[name] = _run(name, MODELS[name], args)
+        except ImportError as err:
+            print(f"{name}: skipped ({err})")
+            continue
+        payload = dict(device=cpu_device(args.threads), epochs=args.epochs,
+                       rows=list(rows.values()))  # fmt: skip
+        body = [
+            "Default refines (`ls.refine(model, data=(x, y))`, then `method='krylov'`), "
+            f"after {args.epochs} Adam steps on random targets; train rel. error of the "
+            "predictor, linearized loss, product back end after the self-check.",
+            "",
+            "| model | torch | parameters | rows | method | back end | linearized loss "
+            "before -> after | train rel. error before -> after | time (s) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows.values():
+            for method in ("subspace", "krylov"):
+                m = r[method]
+                body.append(
+                    f"| {r['model']} | {r['torch']} | {r['n_params']:,} | {r['n_rows']} | "
+                    f"{method} | {m['backend']} | {m['loss_before']:.3g} -> "
+                    f"{m['loss_linearized']:.3g} | {r['train_rel_before']:.3f} -> "
+                    f"{m['train_rel_after']:.3g} | {m['wall_s']:.1f} |"
+                )
+        write("ecosystem_cpu", payload, "Ecosystem models, default arguments",
+              "python bench/ecosystem_models.py --threads 1", body)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
