@@ -15,14 +15,24 @@ from . import _loader, _registry
 __all__ = ["lowrank_apply", "lowrank_project", "lowrank_expand"]
 
 _LOWRANK_MAX_L = 4096
+# Bytes of one upcast row chunk of a lower-precision basis. On the CPU a chunk that stays in
+# cache is read from memory once: 4 MiB took 0.12 s for U^T y at m = 1e6, l = 310 (float32
+# basis, float64 y, one thread), 256 MiB took 1.35 s, and a float64 basis 0.13 s. On a GPU
+# (the torch fallback when the kernels are off) fewer, larger launches are faster.
+_CHUNK_BYTES = {"cpu": 1 << 22, "cuda": 1 << 28}
 
 
-def _lowrank_torch(U, d, c, y, chunk_bytes=1 << 28):
+def _chunk_bytes(t) -> int:
+    return _CHUNK_BYTES.get(t.device.type, 1 << 28)
+
+
+def _lowrank_torch(U, d, c, y, chunk_bytes=None):
     """Reference: ``U (d - c) U^T y + c y``; a 16-bit U is upcast in row chunks (bounded memory)."""
     w_of = (lambda z: (d - c) * z) if y.ndim == 1 else (lambda z: (d - c)[:, None] * z)
     if U.dtype == y.dtype:
         return U @ w_of(U.T @ y) + c * y
     m, l = U.shape
+    chunk_bytes = _chunk_bytes(y) if chunk_bytes is None else chunk_bytes
     rows = max(1, chunk_bytes // max(1, l * y.element_size()))
     z = None
     for r0 in range(0, m, rows):
@@ -39,9 +49,10 @@ def _lowrank_torch(U, d, c, y, chunk_bytes=1 << 28):
     return out
 
 
-def _upcast_rows(U, dtype, chunk_bytes=1 << 28):
+def _upcast_rows(U, dtype, chunk_bytes=None):
     """Yield ``(rows, U[rows].to(dtype))`` in row chunks (bounded extra memory)."""
     m, l = U.shape
+    chunk_bytes = _chunk_bytes(U) if chunk_bytes is None else chunk_bytes
     step = max(1, chunk_bytes // max(1, l * torch.finfo(dtype).bits // 8))
     for r0 in range(0, m, step):
         yield slice(r0, r0 + step), U[r0 : r0 + step].to(dtype)

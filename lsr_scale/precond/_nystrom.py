@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_float_dtype, check_tolerance
-from ..randomized import lowrank_gram
+from ..randomized import lowrank_gram, lowrank_gram_streamed
 from ._common import LowRankOperator, Preconditioner, as_operator
 
 __all__ = ["NystromPreconditioner", "lowrank_gram"]
@@ -63,6 +63,14 @@ class NystromPreconditioner(Preconditioner):
     basis_dtype : torch.dtype, optional
         Storage dtype of ``U`` (e.g. ``torch.bfloat16`` halves memory against float32); it is
         cast to the working dtype per product. Default: ``A.dtype``. See Notes.
+    streamed : bool
+        Build with :func:`lsr_scale.randomized.lowrank_gram_streamed` (``method="svd"``,
+        no power iterations, not adaptive): the basis is computed inside one ``m x (l + p)``
+        buffer of ``basis_dtype``, so the build never holds two ``m x (l + p)`` blocks nor
+        one in the working precision. All of ``U`` is then stored in ``basis_dtype``.
+    floor : float, optional
+        With ``streamed``: drop the directions with ``sigma_i < floor * sigma_1`` during the
+        build (see :meth:`truncate`).
     block_size : int, optional
         At most this many columns per product with ``A`` / ``A^T`` during the build (bounds
         the memory of Jacobian operators). Default: a whole block of test vectors at once.
@@ -158,6 +166,8 @@ class NystromPreconditioner(Preconditioner):
         max_rank=None,
         basis_dtype=None,
         block_size=None,
+        streamed=False,
+        floor=None,
     ) -> None:
         A = as_operator(A)
         damp = check_tolerance(damp, "damp")
@@ -166,27 +176,47 @@ class NystromPreconditioner(Preconditioner):
         super().__init__(A.shape[1], A.dtype, A.device)
         self.damp = damp
         self.method = method
-        with torch.no_grad(), self._recording(A):
-            U, lam, info = lowrank_gram(
-                A,
-                rank,
-                method=method,
-                oversample=oversample,
-                power_iters=power_iters,
-                generator=generator,
-                adaptive=adaptive,
-                tol=tol,
-                max_rank=max_rank,
-                block_size=block_size,
+        if streamed and (method != "svd" or power_iters or adaptive):
+            raise ValueError(
+                "streamed: builds from one randomized SVD pass, expected method='svd', "
+                f"power_iters=0 and adaptive=False, got method={method!r}, "
+                f"power_iters={power_iters}, adaptive={adaptive}"
             )
-            self._set_basis(U, lam, basis_dtype)
+        if streamed:
+            with torch.no_grad(), self._recording(A):
+                U, lam, info = lowrank_gram_streamed(
+                    A,
+                    rank,
+                    oversample=oversample,
+                    generator=generator,
+                    block_size=block_size,
+                    storage_dtype=basis_dtype,
+                    floor=floor,
+                )
+                self._set_basis(U, lam, basis_dtype, stored=True)
+        else:
+            with torch.no_grad(), self._recording(A):
+                U, lam, info = lowrank_gram(
+                    A,
+                    rank,
+                    method=method,
+                    oversample=oversample,
+                    power_iters=power_iters,
+                    generator=generator,
+                    adaptive=adaptive,
+                    tol=tol,
+                    max_rank=max_rank,
+                    block_size=block_size,
+                )
+                self._set_basis(U, lam, basis_dtype)
         self.basis_dtype = basis_dtype
+        self.streamed = bool(streamed)
         self.rank = int(info["rank"])
         self.error_estimate = info["error_estimate"]
         self.rank_history = info["history"]
         self.block_size = info["block_size"]
 
-    def _set_basis(self, U, lam, basis_dtype):
+    def _set_basis(self, U, lam, basis_dtype, stored=False):
         mu = self.damp**2
         self.eigenvalues = lam
         lam_l = lam[-1] if lam.numel() else lam.new_zeros(())
@@ -199,17 +229,21 @@ class NystromPreconditioner(Preconditioner):
         self.gamma = 0.0
         self._Rinv = None
         self.rank_full_precision = int(U.shape[1])
-        if basis_dtype is None or basis_dtype == self.dtype:
+        if not stored and (basis_dtype is None or basis_dtype == self.dtype):
             self.blocks = [U]
             self._op = self._lowrank(d)
             return
         # Directions with d_i < 4 u (u: unit roundoff of basis_dtype) carry singular values
         # above sigma_l / (4 u); rounded, they would leak more than sigma_l into the
         # complement. They stay in the working dtype; the rest is rounded.
-        u = torch.finfo(basis_dtype).eps / 2
-        k_hi = int((d < 4 * u).sum())
+        if stored:  # built in basis_dtype (streamed): no column is in the working dtype
+            k_hi = 0
+            self.blocks = [U.new_zeros((U.shape[0], 0), dtype=self.dtype), U]
+        else:
+            u = torch.finfo(basis_dtype).eps / 2
+            k_hi = int((d < 4 * u).sum())
+            self.blocks = [U[:, :k_hi].contiguous(), U[:, k_hi:].to(basis_dtype).contiguous()]
         self.rank_full_precision = k_hi
-        self.blocks = [U[:, :k_hi].contiguous(), U[:, k_hi:].to(basis_dtype).contiguous()]
         # The rounded basis is orthonormal only to gamma = ||U_b^T U_b - I||. With
         # G = U_b^T U_b = R^T R, Q = U_b R^-1 is orthonormal and
         # I + Q diag(d - 1) Q^T = I + U_b K U_b^T with K = R^-1 diag(d - 1) R^-T.
@@ -238,7 +272,10 @@ class NystromPreconditioner(Preconditioner):
         keep = max(1, int((lam >= (float(floor) ** 2) * lam[0]).sum()))
         if keep < lam.numel():
             with torch.no_grad():
-                self._set_basis(self.U[:, :keep], lam[:keep], self.basis_dtype)
+                if self.streamed:  # slice the stored basis; no working-precision copy
+                    self._set_basis(self.blocks[-1][:, :keep], lam[:keep], self.basis_dtype, True)
+                else:
+                    self._set_basis(self.U[:, :keep], lam[:keep], self.basis_dtype)
             self.rank = keep
         return self.rank
 
@@ -246,7 +283,8 @@ class NystromPreconditioner(Preconditioner):
         """Rescale for another damping of the problem (no products with ``A``)."""
         self.damp = check_tolerance(damp, "damp")
         with torch.no_grad():
-            self._set_basis(self.U, self.eigenvalues, self.basis_dtype)
+            U = self.blocks[-1] if self.streamed else self.U
+            self._set_basis(U, self.eigenvalues, self.basis_dtype, self.streamed)
 
     @property
     def U(self) -> torch.Tensor:

@@ -64,6 +64,14 @@ class Nystrom:
         Keep only the directions with ``sigma_i >= floor * sigma_1``: below the noise floor
         of the products' precision a preconditioner amplifies rounding.
         :class:`lsr_scale.Krylov` sets it for float32 products (``precision="mixed"``).
+    streamed : bool, optional
+        Build the basis inside one ``m x (l + p)`` buffer of ``basis_dtype``
+        (:func:`lsr_scale.randomized.lowrank_gram_streamed`) instead of holding the sketch
+        and its SVD factor side by side in the working precision (two ``m x (l + p)``
+        blocks). Default (``None``): streamed when ``basis_dtype`` is narrower than the
+        operator's dtype and ``method="svd"`` without power iterations.
+        :class:`lsr_scale.Krylov` stores the basis in the model's precision by default, so
+        a float32 model solved in float64 gets the streamed build (a quarter of the memory).
     """
 
     rank: int | None = None
@@ -72,6 +80,7 @@ class Nystrom:
     power_iters: int = 0
     basis_dtype: torch.dtype | None = None
     floor: float | None = None
+    streamed: bool | None = None
 
     name = "nystrom"
 
@@ -90,13 +99,34 @@ class Nystrom:
             )
         if self.floor is not None and not (0 <= self.floor < 1):
             raise ValueError(f"Nystrom.floor: expected a number in [0, 1), got {self.floor!r}")
+        if self.streamed is not None and not isinstance(self.streamed, bool):
+            raise TypeError(
+                f"Nystrom.streamed: expected True, False or None, got {self.streamed!r}"
+            )
+        if self.streamed and (self.method != "svd" or self.power_iters):
+            raise ValueError(
+                "Nystrom.streamed: builds from one randomized SVD pass, expected method='svd' "
+                f"and power_iters=0, got method={self.method!r}, power_iters={self.power_iters}"
+            )
 
     def resolved_rank(self, shape) -> int:
         """The rank used for an operator of this shape."""
         return self.rank if self.rank is not None else default_nystrom_rank(shape)
 
-    def build(self, A, *, damp: float = 0.0, generator=None) -> NystromPreconditioner:
-        """Build the preconditioner for ``min ||A x - b||^2 + damp^2 ||x||^2``."""
+    def is_streamed(self, dtype) -> bool:
+        """Whether the build for an operator of ``dtype`` is streamed (see ``streamed``)."""
+        if self.streamed is not None:
+            return self.streamed
+        narrow = self.basis_dtype is not None and (
+            torch.finfo(self.basis_dtype).bits < torch.finfo(dtype).bits
+        )
+        return narrow and self.method == "svd" and not self.power_iters
+
+    def build(
+        self, A, *, damp: float = 0.0, generator=None, block_size=None
+    ) -> NystromPreconditioner:
+        """Build the preconditioner for ``min ||A x - b||^2 + damp^2 ||x||^2``, taking at most
+        ``block_size`` columns per product with ``A`` (default: a block at once)."""
         A = as_operator(A)
         M = NystromPreconditioner(
             A,
@@ -107,6 +137,8 @@ class Nystrom:
             method=self.method,
             power_iters=self.power_iters,
             basis_dtype=self.basis_dtype,
+            streamed=self.is_streamed(A.dtype),
+            block_size=block_size,
         )
         if self.floor:
             M.truncate(self.floor)
@@ -227,8 +259,8 @@ def as_preconditioner(value, what: str = "preconditioner"):
     Examples
     --------
     >>> import lsr_scale as ls
-    >>> ls.precond.as_preconditioner("nystrom")
-    Nystrom(rank=None, oversample=10, method='svd', power_iters=0, basis_dtype=None)
+    >>> ls.precond.as_preconditioner("nystrom").name
+    'nystrom'
     >>> ls.precond.as_preconditioner(None) is None
     True
     """

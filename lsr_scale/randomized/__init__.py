@@ -2,7 +2,7 @@
 (Halko-Martinsson-Tropp 2011; Frangella-Tropp-Udell 2023), and the randomness rule the whole
 package follows (:func:`resolve_generator`)."""
 
-from ._lowrank import lowrank_gram
+from ._lowrank import lowrank_gram, lowrank_gram_streamed
 from ._range import RangeFinder, randomized_range_finder, randomized_svd
 from ._rng import gaussian, resolve_generator
 
@@ -11,6 +11,7 @@ __all__ = [
     "randomized_svd",
     "RangeFinder",
     "lowrank_gram",
+    "lowrank_gram_streamed",
     "gaussian",
     "resolve_generator",
 ]

@@ -16,9 +16,9 @@ from .._checks import (
 from ..operators import aslinearoperator
 from ._blocks import blocked_apply
 from ._range import RangeFinder
-from ._rng import gaussian
+from ._rng import gaussian, resolve_generator
 
-__all__ = ["lowrank_gram"]
+__all__ = ["lowrank_gram", "lowrank_gram_streamed"]
 
 
 class _NystromSketch:
@@ -198,3 +198,101 @@ def lowrank_gram(
     U, lam = sk.gram_eig()
     info = {"rank": r, "error_estimate": est, "history": history, "block_size": sk.block_size}
     return U[:, :r], lam[:r], info
+
+
+# Rows per chunk of the streamed build's dense passes over the m x k basis (each chunk is
+# converted to float64 once per pass: 2 x 8192 x k x 8 bytes, a few tens of MB at k = 310).
+_STREAM_ROWS = 8192
+
+
+def lowrank_gram_streamed(
+    A,
+    rank,
+    *,
+    oversample=10,
+    generator=None,
+    block_size=None,
+    storage_dtype=None,
+    floor=None,
+):
+    """The randomized-SVD eigen-approximation of :func:`lowrank_gram`, memory-bounded.
+
+    Returns ``(U, lam, info)`` as :func:`lowrank_gram` with ``method="svd"``, except that
+    ``U`` is stored in ``storage_dtype`` (default ``A.dtype``) and is orthonormal only to
+    that precision. It never holds two ``m x k`` blocks (``k = rank + oversample``), nor
+    one in a precision wider than ``storage_dtype``:
+
+    1. the test vectors are drawn one column at a time (``block_size`` columns per product
+       with ``A``), so the ``m x k`` Gaussian matrix is never whole;
+    2. ``Q = orth(A Omega)`` (``n x k``), then ``Bt = A^T Q`` column block by column block,
+       each block rounded into one ``m x k`` buffer of ``storage_dtype``;
+    3. ``Bt = Q_B R`` by a QR of row chunks stacked on the running ``R`` (float64, TSQR),
+       and ``R = P S Z^T`` (a ``k x k`` SVD): the singular values ``S`` are as accurate as
+       the dense build's (for the rounded ``Bt``);
+    4. ``U = Bt Z_r S_r^-1`` is written over the buffer, row chunk by row chunk, in place.
+
+    Directions below ``floor * s_1`` (default: none, as in the dense build) are dropped.
+    The rounding of ``Bt`` to ``storage_dtype`` perturbs ``A^T A`` by about
+    ``eps(storage_dtype) sigma_1^2``: directions with ``sigma_i`` near
+    ``eps(storage_dtype) sigma_1`` are approximated less well than by the dense build,
+    which holds ``Bt`` and its SVD factor in the working precision (twice ``m x k``).
+    """
+    A = aslinearoperator(A)
+    n, m = A.shape
+    rank = check_positive_int(rank, "rank")
+    oversample = check_nonnegative_int(oversample, "oversample")
+    if block_size is not None:
+        block_size = check_positive_int(block_size, "block_size")
+    check_generator(generator)
+    store = A.dtype if storage_dtype is None else storage_dtype
+    k = min(rank + oversample, n, m)
+    gen = resolve_generator(generator)
+    dev = A.device
+    size = k if block_size is None else block_size
+    # 1. Y = A Omega, Omega drawn a column at a time (the same numbers whatever the blocks)
+    cols = []
+    for j0 in range(0, k, size):
+        j1 = min(k, j0 + size)
+        draws = [
+            torch.randn(m, generator=gen, device=gen.device, dtype=torch.float64)
+            for _ in range(j0, j1)
+        ]
+        Om = torch.stack(draws, dim=1).to(dtype=A.dtype, device=dev)
+        del draws
+        Yb, size_new = blocked_apply(A.matmat, Om, size, what="Nystrom (streamed): A.matmat")
+        size = size_new or size
+        cols.append(Yb)
+        del Om
+    Q = A.row_orth(torch.cat(cols, dim=1))
+    del cols
+    # 2. Bt = A^T Q into one buffer of the storage dtype
+    buf = torch.empty(m * k, dtype=store, device=dev)
+    Bt = buf.view(m, k)
+    for j0 in range(0, k, size):
+        j1 = min(k, j0 + size)
+        Z, size_new = blocked_apply(
+            A.rmatmat, Q[:, j0:j1].contiguous(), size, what="Nystrom (streamed): A.rmatmat"
+        )
+        size = size_new or size
+        Bt[:, j0:j1] = Z.to(store)
+        del Z
+    del Q
+    # 3. R of Bt by a QR of stacked row chunks, then the SVD of R
+    f64 = torch.float64
+    R = torch.zeros((0, k), dtype=f64, device=dev)
+    for i in range(0, m, _STREAM_ROWS):
+        R = torch.linalg.qr(torch.cat([R, Bt[i : i + _STREAM_ROWS].to(f64)]), mode="r").R
+    _, S, Zh = torch.linalg.svd(R)
+    keep = S > (0.0 if not floor else float(floor) * float(S[0]))
+    r = max(1, min(rank, int(keep.sum())))
+    T = Zh[:r].T / S[:r]  # k x r
+    # 4. U = Bt T over the buffer, in place: chunk i is read before it is written, and its
+    # new rows [i r, (i + c) r) lie below the old rows of the chunks still to come
+    for i in range(0, m, _STREAM_ROWS):
+        i1 = min(m, i + _STREAM_ROWS)
+        new = (buf[i * k : i1 * k].view(i1 - i, k).to(f64) @ T).to(store)
+        buf[i * r : i1 * r] = new.reshape(-1)
+    U = buf[: m * r].view(m, r)
+    lam = S[:r].square().to(A.dtype)
+    info = {"rank": r, "error_estimate": None, "history": [], "block_size": block_size}
+    return U, lam, info
