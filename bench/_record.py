@@ -18,7 +18,8 @@ OUT = Path(__file__).parent / "results"
 
 def cpu_device(threads: int) -> str:
     """How the results name this machine: ``"cpu (x86_64, 1 thread)"``."""
-    return f"cpu ({platform.processor() or platform.machine()}, {threads} thread)"
+    plural = "" if threads == 1 else "s"
+    return f"cpu ({platform.processor() or platform.machine()}, {threads} thread{plural})"
 
 
 def write(stem: str, payload: dict, title: str, command: str, body: list[str]) -> str:

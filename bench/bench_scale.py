@@ -56,7 +56,9 @@ RUNS = [
 
 
 def key(run) -> str:
-    return "{}-{}-n{}-it{}".format(*run)
+    """``mlp-1000-n10000-it20``; ``...-itdefault`` for the default ``maxiter`` (None)."""
+    kind, w, rows, maxiter = run
+    return f"{kind}-{w}-n{rows}-it{'default' if maxiter is None else maxiter}"
 
 
 def make(kind: str, w: int, rows: int, device="cpu", dtype=None):
@@ -126,10 +128,13 @@ def one(run, device="cpu", kernels=True) -> dict:
     model, inputs, targets = make(kind, w, rows, device=device)
     m = sum(p.numel() for p in model.parameters())
     act_row = activation_bytes_per_row(model, inputs)
-    method = ls.Krylov(maxiter=maxiter)
+    method = ls.Krylov() if maxiter is None else ls.Krylov(maxiter=maxiter)
+    # what refine will run: the plan (settings adapted to the budget) and its estimate
+    plan = ls.plan(model, data=(inputs, targets), method=method)
     est = estimate(
-        method, m=m, n=rows, act_row=act_row, dtype=torch.float32,
+        plan.method, m=m, n=rows, act_row=act_row, dtype=torch.float32,
         product_dtype=torch.float64, vmap=device != "cpu",
+        batch=plan.products.batch_size or 64,
     )  # fmt: skip
     sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
     # one JVP + one VJP (float64 products, as refine's default takes them), timed apart
@@ -171,7 +176,8 @@ def one(run, device="cpu", kernels=True) -> dict:
         peak_added=pm.increment_bytes, peak_rss=pm.peak_bytes,
         model_bytes=model_bytes, act_bytes=batch_act,
         peak_over_base=pm.increment_bytes / (model_bytes + batch_act),
-        estimate=est.total, estimate_parts=est.parts,
+        estimate=est.total, estimate_parts=est.parts, planned=plan.peak_bytes,
+        adapted=info["adapted"],
         precond_rank=info["preconditioner"].get("rank"), space=info["space"],
         loss_ratio=info["loss_linearized"] / info["loss_before"],
     )  # fmt: skip

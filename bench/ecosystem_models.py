@@ -6,10 +6,11 @@ fitted briefly with Adam to random regression targets, then refined with
 the parameter count, the product back end the self-check settled on, the linearized loss
 before and after, the training error of the predictor and the time. A model whose package
 is missing is skipped; rows already recorded are kept, so runs in different environments
-(torchvision needs torch 2.14.1 on this machine, see the closing note) fill one table.
+(torchvision, and timm with it, need torch 2.14.1 on this machine: a separate venv) fill
+one table.
 Writes ``bench/results/ecosystem_cpu.{json,md}``.
 
-    python bench/ecosystem_models.py --threads 1 [--only resnet18]
+    python bench/ecosystem_models.py --threads 1 [--only resnet18 vit_tiny]
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ def resnet18():
     return model, torch.randn(16, 3, 32, 32), 4
 
 
+def vit_tiny():
+    import timm
+
+    # timm's ViT-Tiny (192 wide, 12 blocks, 3 heads) at 32x32 images in 8x8 patches
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=4, img_size=32, patch_size=8
+    )
+    return model.eval(), torch.randn(16, 3, 32, 32), 4
+
+
 def gpt2():
     import transformers
 
@@ -73,7 +84,8 @@ def encoder():
     return _Head(body, lambda out: out.mean(1)), torch.randn(40, 6, 3), 2
 
 
-MODELS = {"resnet18": resnet18, "gpt2": gpt2, "fno": fno, "transformer-encoder": encoder}
+MODELS = {"resnet18": resnet18, "vit_tiny": vit_tiny, "gpt2": gpt2, "fno": fno,
+          "transformer-encoder": encoder}  # fmt: skip
 
 
 def _run(name, make, args):

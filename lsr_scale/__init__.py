@@ -5,17 +5,19 @@ least-squares problem min ||G0 delta + f0|| is solved through Jacobian-vector pr
 (Cao & Zhang, arXiv 2601.13989, made matrix-free). See ``docs/`` for the user guide.
 """
 
-from . import cuda, distributed, models, pde, precond, problems, sketch, testing
+from . import cuda, distributed, losses, models, pde, precond, problems, sketch, testing
 from .cuda import show_config
 from .operators import JacobianOperator, LinearOperator, aslinearoperator
 from .randomized import randomized_range_finder, randomized_svd
 from .refine import (
     IterativeResult,
     Krylov,
+    Plan,
     Products,
     RefinedModel,
     Subspace,
     iterative_refine,
+    plan,
     refine,
 )
 from .solvers import SolverResult, StopReason, lsmr, lsqr
@@ -33,6 +35,8 @@ __all__ = [
     "randomized_range_finder",
     "randomized_svd",
     "refine",
+    "plan",
+    "Plan",
     "Subspace",
     "Krylov",
     "Products",
@@ -44,6 +48,7 @@ __all__ = [
     "distributed",
     "sketch",
     "precond",
+    "losses",
     "testing",
     "models",
     "pde",

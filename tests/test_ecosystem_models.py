@@ -60,3 +60,22 @@ def test_gpt2_token_ids_refine_with_both_default_methods():
         assert refined.info["loss_linearized"] < refined.info["loss_before"]
         assert (refined(ids) - y).norm() < before
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.slow
+def test_timm_vit_refines_with_both_default_methods():
+    """timm's ViT-Tiny (5.4M parameters) at 32x32 images: patch embedding, attention,
+    LayerNorm, GELU. Needs timm (and torchvision matching torch): skipped where absent."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32, patch_size=8
+    ).eval()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randn(8, 3, generator=g)
+    with torch.no_grad():
+        before = (model(x) - y).norm()
+    for method in ("subspace", "krylov"):
+        refined = ls.refine(model, data=(x, y), method=method, progress_bar=False)
+        assert refined.info["product_check"]["fallback"] is None
+        assert (refined(x) - y).norm() < 0.5 * before

@@ -60,7 +60,9 @@ def test_integer_targets_refused_like_other_dtypes():
     net = _Counting(_tanh_net())
     x, _ = _data()
     y_int = torch.zeros(40, 1, dtype=torch.int64)
-    with pytest.raises(TypeError, match="targets: expected dtype torch.float64 .*got torch.int64"):
+    with pytest.raises(
+        TypeError, match="targets: expected floating targets for loss='mse', got torch.int64 class"
+    ):
         ls.refine(net, data=(x, y_int))
     with pytest.raises(
         TypeError, match="targets: expected dtype torch.float64 .*got torch.float16"

@@ -8,12 +8,15 @@ from ._iterative import IterativeResult, iterative_refine
 from ._krylov import Krylov
 from ._methods import Method, Problem, Products
 from ._model import RefinedModel
-from ._refine import as_method, refine
+from ._plan import Plan
+from ._refine import as_method, plan, refine
 from ._sample_space import solve_sample_space
 from ._subspace import Subspace, default_rank, solve_reduced
 
 __all__ = [
     "refine",
+    "plan",
+    "Plan",
     "Subspace",
     "Krylov",
     "Products",

@@ -10,10 +10,12 @@ from pathlib import Path
 import torch
 
 from .._checks import check_choice, check_nonnegative_int, check_positive_int, check_tolerance
+from .._progress import product_counter
 from .._utils import timed
 from ..precond import Jacobi, Nystrom, Sketch, as_preconditioner
 from ..precond._specs import Auto
 from ..solvers import SolverInterrupted, SolverState, lsmr, lsqr
+from ._memory import largest
 from ._methods import Method, Problem
 from ._precision import MixedPrecisionOperator, noise_floor
 from ._sample_space import solve_sample_space
@@ -182,10 +184,26 @@ class Krylov(Method):
     def validation_use(self) -> str:
         return "optional"
 
-    def product_dtype(self, model_dtype, *, has_data):
-        if self.precision == "float64" or (self.precision == "auto" and model_dtype in _LOW):
+    def product_dtype(self, model_dtype, *, has_data, device=None):
+        if self.precision == "float64":
+            return torch.float64
+        if self.precision == "auto" and model_dtype in _LOW and fast_float64(device)[0]:
             return torch.float64
         return None
+
+    def precision_choice(self, model_dtype, *, has_data: bool, device=None) -> dict:
+        """What ``precision`` resolves to for this problem, and why (``info["precision"]``)."""
+        if self.precision != "auto":
+            return {"precision": self.precision, "reason": "given"}
+        if model_dtype not in _LOW:
+            return {"precision": "working", "reason": f"the model is {_name(model_dtype)}"}
+        if not has_data:
+            return {
+                "precision": "mixed",
+                "reason": "residual_fn closes over the model, which is not copied to float64",
+            }
+        fast, why = fast_float64(device)
+        return {"precision": "float64" if fast else "mixed", "reason": why}
 
     def check_problem(self, *, has_data: bool) -> None:
         if self.precision == "float64" and not has_data:
@@ -212,6 +230,108 @@ class Krylov(Method):
             return spec.rank
         return max(1, min(spec.resolved_rank(shape), self.setting("maxiter")))
 
+    @staticmethod
+    def basis_dtype(product_dtype, model_dtype):
+        """Storage dtype of a Nystrom basis the user left unset: the model's precision when
+        the products run wider (a float32 model with float64 products stores its basis in
+        float32, built streamed; see :class:`lsr_scale.precond.Nystrom`), else ``None`` (the
+        solve's). With ``precision="mixed"`` (float32 products, float64 solve) the basis
+        stays float64: measured on a float32 PINN, a float32 basis there lost accuracy."""
+        if model_dtype is None or not model_dtype.is_floating_point:
+            return None
+        if torch.finfo(model_dtype).bits < torch.finfo(product_dtype).bits:
+            return model_dtype
+        return None
+
+    def nystrom_spec(self, shape, product_dtype=torch.float64, model_dtype=None):
+        """The Nystrom specification a parameter-space solve of this shape builds, with its
+        rank and basis storage filled in; ``None`` when it builds none (or not Nystrom)."""
+        spec = self.preconditioner
+        space = self.resolved_space(shape)
+        if isinstance(spec, Auto):
+            spec = spec.nystrom if (space == "sample" or self.target_rank) else spec.choose(shape)
+        if not isinstance(spec, Nystrom):
+            return None
+        if spec.rank is None:
+            spec = dataclasses.replace(spec, rank=self.precond_rank(shape, spec))
+        if spec.basis_dtype is None and space == "parameter":
+            spec = dataclasses.replace(
+                spec, basis_dtype=self.basis_dtype(product_dtype, model_dtype)
+            )
+        return spec
+
+    def solve_dtype(self, product_dtype):
+        """The dtype the solver iterates in for products of ``product_dtype``."""
+        return product_dtype if self.precision == "working" else torch.float64
+
+    # ------------------------------------------------------------------ planning
+    def memory_parts(self, z) -> dict:
+        """Bytes of this method's own parts for the sizes ``z`` (:class:`~._memory.Sizes`)."""
+        sd = self.solve_dtype(z.product_dtype)
+        ss = torch.empty((), dtype=sd).element_size()
+        spec = self.nystrom_spec((z.n, z.m), z.product_dtype, z.dtype)
+        rank = spec.rank if spec is not None else 0
+        if self.resolved_space((z.n, z.m)) == "sample":
+            return {
+                "solver": 10 * z.n * ss + 3 * z.m * z.s,
+                "basis": 4 * z.n * rank * 8,
+                "product": z.product(min(z.batch or 64, 64)),
+            }
+        parts = {"solver": 8 * z.m * ss}
+        if spec is None:  # sketch (s x m, s ~ 4 m: tall operators only), Jacobi, none
+            parts["product"] = z.product(1)
+            return parts
+        k = min(rank + spec.oversample, z.n, z.m)
+        if spec.is_streamed(sd):
+            bs = torch.empty((), dtype=spec.basis_dtype or sd).element_size()
+            parts["basis"] = z.m * k * bs
+            parts["build"] = 2 * z.n * k * ss  # A Omega and its orthonormal basis (n x k)
+        else:
+            # A^T Q (m x k) and its SVD factor (m x k) side by side; the Gaussian test
+            # matrix is drawn (m x k, float64) and freed before A^T Q exists
+            parts["build"] = max(2 * z.m * k * ss, z.m * k * 8)
+        parts["product"] = z.product(k)
+        return parts
+
+    def adapt(self, z, fits):
+        """Settings that fit: ``(method, changes)``, ``fits(method) -> bool`` deciding.
+
+        The levers, in order (each kept once taken): (1) the Nystrom basis stored in
+        float32 and built streamed, when the solve is in float64; (2) the largest Nystrom
+        rank that fits. Each change is a dict with ``setting``, ``from``, ``to``, ``reason``.
+        """
+        sd = self.solve_dtype(z.product_dtype)
+        shape = (z.n, z.m)
+        spec = self.nystrom_spec(shape, z.product_dtype, z.dtype)
+        if spec is None or self.resolved_space(shape) != "parameter":
+            return self, []
+        cur = dataclasses.replace(self, preconditioner=spec)
+        changes = []
+        if not spec.is_streamed(sd) and sd == torch.float64:
+            new = dataclasses.replace(spec, basis_dtype=torch.float32, streamed=True)
+            changes.append({
+                "setting": "Krylov.preconditioner (Nystrom basis)",
+                "from": f"{_name(spec.basis_dtype or sd)}, dense build",
+                "to": "float32, streamed build",
+                "reason": "the basis takes a quarter of the memory (m x k float32, one block)",
+            })  # fmt: skip
+            spec, cur = new, dataclasses.replace(cur, preconditioner=new)
+            if fits(cur):
+                return cur, changes
+
+        def fits_rank(r):
+            return fits(dataclasses.replace(cur, preconditioner=dataclasses.replace(spec, rank=r)))
+
+        lo = largest(fits_rank, spec.rank)
+        if lo >= 1:
+            changes.append({
+                "setting": "Krylov.preconditioner.rank", "from": spec.rank, "to": lo,
+                "reason": "the largest Nystrom rank that fits (fewer directions clustered: "
+                "more iterations)",
+            })  # fmt: skip
+            cur = dataclasses.replace(cur, preconditioner=dataclasses.replace(spec, rank=lo))
+        return cur, changes
+
     # ------------------------------------------------------------------ solve
     def solve(self, problem: Problem):
         J = problem.J
@@ -234,7 +354,14 @@ class Krylov(Method):
             spec = dataclasses.replace(spec, floor=noise_floor(J.dtype))
         if isinstance(spec, Nystrom) and spec.rank is None:
             spec = dataclasses.replace(spec, rank=self.precond_rank(J.shape, spec))
+        if isinstance(spec, Nystrom) and spec.basis_dtype is None and space == "parameter":
+            bdt = self.basis_dtype(J.dtype, problem.model_dtype)
+            spec = dataclasses.replace(spec, basis_dtype=bdt)
         info: dict = {"space": space, "rank": None, "precision": "mixed" if mixed else str(A.dtype)}
+        if problem.model_dtype is not None:
+            info["precision_choice"] = self.precision_choice(
+                problem.model_dtype, has_data=problem.inputs is not None, device=J.device
+            )
         if space == "sample" and J.row_sharded:
             raise ValueError(
                 "Krylov.space: sample space is not available with rows sharded over processes "
@@ -251,7 +378,9 @@ class Krylov(Method):
     def _solve_sample(self, problem, A, b, spec):
         times: dict[str, float] = {}
         rank = self.precond_rank(A.shape, spec) if spec is not None else None
-        problem.stage("sample-space CG")
+        # the build's 2 rank products, 2 per iteration up to maxiter, 2 for delta and normar
+        total = 2 * ((rank or 0) + self.setting("maxiter") + 1)
+        problem.stage("sample-space CG", total=total, done=product_counter(problem.J))
         with timed(times, "solve", A.device):
             res = solve_sample_space(
                 A,
@@ -281,9 +410,19 @@ class Krylov(Method):
         if saved is not None:  # rebuild the preconditioner from the same draws
             _set_rng_state(gen, saved["generator_state"])
             gen_state = saved["generator_state"]
-        problem.stage(f"build {spec.name if spec else 'no'} preconditioner")
+        problem.stage(
+            f"build {spec.name if spec else 'no'} preconditioner",
+            total=_build_products(spec, A.shape),
+            done=product_counter(problem.J),
+        )
         with timed(times, "precond_build", device):
-            M = spec.build(A, damp=self.damp, generator=gen) if spec is not None else None
+            M = None
+            if isinstance(spec, Nystrom):  # its products in the batches refine chose
+                M = spec.build(
+                    A, damp=self.damp, generator=gen, block_size=problem.products.batch_size
+                )
+            elif spec is not None:
+                M = spec.build(A, damp=self.damp, generator=gen)
             damp = self.damp
             if self.target_rank is not None:
                 damp = _sigma_k(M, self.target_rank)
@@ -291,13 +430,24 @@ class Krylov(Method):
         pinfo = {
             "name": spec.name if spec else None,
             "rank": getattr(M, "rank", None) if isinstance(spec, Nystrom) else None,
+            "basis_dtype": _name(M.blocks[-1].dtype) if isinstance(spec, Nystrom) else None,
+            "streamed": getattr(M, "streamed", None),
             "build_time": getattr(M, "build_time", 0.0),
             "build_matvecs": getattr(M, "build_matvecs", 0),
             "build_rmatvecs": getattr(M, "build_rmatvecs", 0),
         }
         monitor = _Monitor(self, problem, A)
+        vjps0 = A.num_rmatvecs
         solver = self.setting("solver")
-        problem.stage(solver.upper())
+        done0 = int(saved["solver_state"]["itn"]) if saved is not None else 0
+        problem.stage(
+            solver.upper(),
+            total=self.setting("maxiter") - done0,  # an upper bound: the rules stop it earlier
+            # one VJP starts the bidiagonalization and one per iteration follows; the stall
+            # and validation checks take none
+            done=lambda: max(0, A.num_rmatvecs - vjps0 - 1),
+            unit="iterations",
+        )
         kw = dict(
             damp=damp,
             atol=self.setting("atol"),
@@ -373,6 +523,8 @@ class _Monitor:
 
     def __init__(self, method: Krylov, problem: Problem, A):
         self.every = method.check_every
+        # the solver calls it (and forms x, one preconditioner apply) every `every` iterations
+        self.callback_every = self.every
         self.stall = method.stall
         self.patience = method.patience
         self.reason = None
@@ -397,9 +549,7 @@ class _Monitor:
         self.b = problem.b
 
     def __call__(self, x):
-        self.itn += 1
-        if self.itn % self.every:
-            return
+        self.itn += self.every
         if self.Jv is not None:
             pred = self.q0 + self.Jv.matvec(x.to(self.Jv.dtype))
             err = float(self.Jv.row_norm(pred - self.tgt)) / self.tnorm
@@ -429,6 +579,46 @@ class _Monitor:
                         f"{self.every} iterations"
                     )
                     raise _EarlyStop
+
+
+def _build_products(spec, shape) -> int | None:
+    """Column products of building the preconditioner ``spec`` (for the progress display)."""
+    n, m = shape
+    if isinstance(spec, Nystrom):
+        if spec.method == "nystrom":
+            return 2 * min(spec.rank, m)
+        return 2 * (1 + spec.power_iters) * min(spec.rank + spec.oversample, n, m)
+    if isinstance(spec, Sketch):
+        return m  # the columns of A
+    if isinstance(spec, Jacobi):  # exact up to JacobiPreconditioner's max_exact=4096
+        exact = spec.method == "exact" or (spec.method == "auto" and min(n, m) <= 4096)
+        return min(n, m) if exact else spec.num_samples
+    return None
+
+
+# CUDA compute capabilities with full-rate float64 (1/2 of float32): the data-center
+# parts P100 (6.0), V100 (7.0), A100 (8.0), H100/H200 (9.0), B200 (10.0). The others run
+# float64 at 1/32-1/64 of float32.
+_FAST_FLOAT64_SM = {(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)}
+
+
+def fast_float64(device) -> tuple[bool, str]:
+    """``(fast, reason)``: whether float64 products are fast on ``device``."""
+    dev = torch.device("cpu" if device is None else device)
+    if dev.type != "cuda":
+        return True, f"float64 runs at half the float32 rate on the {dev.type}"
+    cap = torch.cuda.get_device_capability(dev)
+    name = torch.cuda.get_device_name(dev)
+    if tuple(cap) in _FAST_FLOAT64_SM:
+        return True, f"{name} (sm_{cap[0]}{cap[1]}) runs float64 at half the float32 rate"
+    return False, (
+        f"{name} (sm_{cap[0]}{cap[1]}) runs float64 at 1/32-1/64 of the float32 rate: "
+        "float32 products, float64 solve"
+    )
+
+
+def _name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def _stop_text(res):

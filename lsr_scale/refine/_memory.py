@@ -9,34 +9,33 @@ linearization) are measured from one forward pass of a few rows
 with measured peaks are in ``docs/scale.md``; ``tests/test_memory.py`` holds them to within
 2x of measured peaks on the CPU.
 
-:func:`preflight` is what :func:`lsr_scale.refine` calls before it linearizes: it refuses a
-problem whose estimate at the smallest chunks exceeds the available memory, and otherwise
-returns the :class:`~lsr_scale.refine.Products` with the product batch (and, when the
-activations of one product over all rows would not fit, the row chunk) chosen from the free
-memory (CPU: ``MemAvailable`` of ``/proc/meminfo``; CUDA: ``torch.cuda.mem_get_info``).
+This is the bottom layer of planning: it knows sizes, not methods. Each method reports its
+own parts (``memory_parts``); :mod:`lsr_scale.refine._plan` chooses settings that fit a
+budget from them, and is what :func:`lsr_scale.refine` and :func:`lsr_scale.plan` call.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass, field
 
 import torch
 
 __all__ = [
     "MemoryEstimate",
+    "Sizes",
+    "activation_bytes",
     "activation_bytes_per_row",
     "available_bytes",
     "choose_block",
     "estimate",
-    "preflight",
+    "largest",
+    "sizes_of",
 ]
 
 _MIB = 1024**2
 # A product batch on the CPU (loop batching) costs the same per column at any size, so it
 # only has to be large enough to amortize Python overhead; on a GPU (vmap) wider is faster.
-_LOOP_TRANSIENT_CAP = 256 * _MIB
+_LOOP_TRANSIENT_CAP = 64 * _MIB
 # The share of the free memory one batch of columns may take.
 _BATCH_SHARE = 8
 
@@ -65,12 +64,13 @@ class MemoryEstimate:
     def describe(self) -> str:
         """``"1.23 GB (cache 0.50 GB, basis 0.70 GB, ...)"``."""
         items = sorted(self.parts.items(), key=lambda kv: -kv[1])
-        inner = ", ".join(f"{k} {_gb(v)}" for k, v in items if v >= 1e6)
+        inner = ", ".join(f"{k} {_gb(v)}" for k, v in items if v >= 0.01 * self.total)
         return f"{_gb(self.total)} ({inner})"
 
 
 def _gb(x: float) -> str:
-    return f"{x / 1e9:.2f} GB"
+    """Bytes for people: GB from 1 GB up, MB below."""
+    return f"{x / 1e9:.2f} GB" if x >= 1e9 else f"{x / 1e6:.1f} MB"
 
 
 # ---------------------------------------------------------------------- what is there
@@ -120,10 +120,30 @@ def activation_bytes_per_row(model: torch.nn.Module, inputs, rows: int = 8) -> f
     return (sum(seen.values()) + out.numel() * out.element_size()) / rows
 
 
+def activation_bytes(residual_fn, theta: dict) -> float:
+    """Bytes autograd saves in one evaluation of ``residual_fn(theta)`` (all its rows).
+
+    The ``residual_fn`` counterpart of :func:`activation_bytes_per_row`: the function runs
+    once on fresh leaves for the parameters, and the saved tensors are counted.
+    """
+    params = {k: v.detach().requires_grad_() for k, v in theta.items()}
+    ptrs = {v.data_ptr() for v in params.values()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        if t.data_ptr() not in ptrs:
+            seen[t.data_ptr()] = max(seen.get(t.data_ptr(), 0), t.numel() * t.element_size())
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = residual_fn(params)
+    return float(sum(seen.values()) + out.numel() * out.element_size())
+
+
 def choose_block(m: int, dtype, device, *, limit: int = 64, free: int | None = None) -> int:
     """Columns per batch of ``m``-sized products: at most ``limit``, and small enough that the
     batch (about ``2 m b`` numbers while its columns are stacked) takes at most an eighth of
-    the free memory (on the CPU also at most 256 MiB: there a batch is a loop of single
+    the free memory (on the CPU also at most 64 MiB: there a batch is a loop of single
     products, no faster when wider)."""
     free = available_bytes(device) if free is None else free
     budget = free // _BATCH_SHARE
@@ -133,7 +153,71 @@ def choose_block(m: int, dtype, device, *, limit: int = 64, free: int | None = N
     return int(max(1, min(limit, budget // max(per_col, 1))))
 
 
+def largest(fits, hi: int) -> int:
+    """The largest ``k`` in ``[1, hi]`` with ``fits(k)`` (``fits`` monotone), 0 if none: the
+    methods' "largest rank that fits" lever."""
+    lo = 0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 # ---------------------------------------------------------------------- the model
+@dataclass(frozen=True)
+class Sizes:
+    """What the memory of a refinement depends on, besides the method's own settings.
+
+    ``estimate`` builds it; each method's ``memory_parts(sizes)`` reads it. See
+    :func:`estimate` for the fields.
+    """
+
+    m: int
+    n: int
+    rows: int
+    act_row: float
+    dtype: torch.dtype
+    product_dtype: torch.dtype
+    batch: int
+    chunk: int | None
+    linearize: bool
+    vmap: bool
+    self_check: bool
+    model_copy: bool
+
+    @property
+    def s(self) -> int:
+        """Bytes per number of the products."""
+        return torch.empty((), dtype=self.product_dtype).element_size()
+
+    @property
+    def per_col_act(self) -> float:
+        # Measured on the CPU (tests/test_memory.py): one column's JVP or VJP holds about 4x
+        # the tensors autograd saves in a plain forward pass of its row chunk.
+        widen = self.s / torch.empty((), dtype=self.dtype).element_size()
+        chunk_rows = self.rows if self.chunk is None else min(self.chunk, self.rows)
+        return 4 * chunk_rows * self.act_row * widen
+
+    def product(self, k: int) -> float:
+        """One batch of ``k`` columns of products: their outputs and their activations."""
+        width = min(k, self.batch) if self.batch else k
+        return 2 * self.m * width * self.s + self.per_col_act * (width if self.vmap else 1)
+
+
+def sizes_of(*, m, n, rows=None, act_row=0.0, dtype=torch.float32, product_dtype=None,
+             batch=64, chunk=None, linearize=True, vmap=False, self_check=True,
+             model_copy=False) -> Sizes:  # fmt: skip
+    """The :class:`Sizes` of :func:`estimate`'s keywords (same defaults)."""
+    return Sizes(
+        m=int(m), n=int(n), rows=int(n if rows is None else rows), act_row=float(act_row),
+        dtype=dtype, product_dtype=product_dtype or dtype, batch=batch, chunk=chunk,
+        linearize=linearize, vmap=vmap, self_check=self_check, model_copy=model_copy,
+    )  # fmt: skip
+
+
 def estimate(
     method,
     *,
@@ -152,6 +236,10 @@ def estimate(
 ) -> MemoryEstimate:
     """Peak bytes of ``refine(model, data, method=method)`` added to what exists before.
 
+    The parts every refinement has (the model copy, the cached activations, the residual
+    vectors, the self-check) are counted here; the method's own (basis, build, solver,
+    product batches) by its ``memory_parts(sizes)``, so this layer knows no method.
+
     Parameters
     ----------
     method : Subspace or Krylov
@@ -164,7 +252,7 @@ def estimate(
         Activation bytes per data row of one forward pass in the model's dtype
         (:func:`activation_bytes_per_row`).
     dtype : torch.dtype
-        The model's dtype.
+        The model's dtype (the precision the user works in).
     product_dtype : torch.dtype, optional
         The dtype products are taken in (default ``dtype``); a wider one means a converted
         copy of the model and activations of that width.
@@ -189,148 +277,28 @@ def estimate(
     -------
     MemoryEstimate
     """
-    from ._krylov import Krylov
-    from ._subspace import Subspace, default_rank
-
-    rows = n if rows is None else rows
-    pdt = product_dtype or dtype
-    s = torch.empty((), dtype=pdt).element_size()
-    widen = s / torch.empty((), dtype=dtype).element_size()
-    act = act_row * widen
-    chunk_rows = rows if chunk is None else min(chunk, rows)
-    # Measured on the CPU (tests/test_memory.py): a cached torch.func VJP holds about 4x the
-    # tensors autograd saves in a plain forward pass, the linearization as much again, and
-    # one column's JVP or VJP about 4x those of its row chunk.
-    per_col_act = 4 * chunk_rows * act
-    parts = {
-        "model": m * s if (model_copy or pdt != dtype) else 0,
-        "cache": rows * act * (8 if linearize else 4),
-        "residual": 4 * n * s,
-    }
-
-    def product(k):  # one batch of k columns of products: its outputs and its activations
-        width = min(k, batch) if batch else k
-        return 2 * m * width * s + per_col_act * (width if vmap else 1)
-
-    if isinstance(method, Krylov):
-        solver_s = 8 if method.precision in ("auto", "mixed", "float64") else s
-        space = method.resolved_space((n, m))
-        rank = _krylov_rank(method, n, m, space)
-        if space == "sample":
-            b = min(batch, choose_block(m, pdt, "cpu", limit=batch))
-            parts["solver"] = 10 * n * solver_s + 3 * m * s
-            parts["basis"] = 4 * n * rank * 8
-            parts["product"] = product(b)
-        else:
-            parts["solver"] = 8 * m * solver_s
-            k = rank + 10 if rank else 0
-            # Bt = A^T Omega-basis (m x k) and its SVD factor V (m x k); the Gaussian test
-            # matrix is drawn (m x k, float64) and freed before Bt exists
-            parts["build"] = max(2 * m * k * s, m * k * 8) if rank else 0
-            parts["product"] = product(k or 1)
-    elif isinstance(method, Subspace):
-        r = method.rank if isinstance(method.rank, int) else default_rank(n, m)
-        if method.rank == "auto" and method.rank_candidates:
-            r = max(method.rank_candidates)
-        if method.fraction is not None:
-            m_eff = int(math.ceil(m * method.fraction))
-        else:
-            m_eff = m
-        if method.range_finder == "streamed":
-            bs = torch.empty((), dtype=method.basis_dtype or pdt).element_size()
-            parts["basis"] = m_eff * r * bs + 3 * r * r * 8
-            parts["product"] = product(batch)
-        else:
-            k = min(r + method.oversample, n, m_eff)
-            parts["basis"] = 3 * m_eff * k * s
-            parts["product"] = product(k)
-            dense = n * r * s
-            if method.reduced == "dense" or (
-                method.reduced == "auto" and dense <= method.max_dense_bytes
-            ):
-                parts["reduced"] = 3 * dense
-            else:
-                parts["reduced"] = 8 * r * s + 4 * n * s
-    else:
+    parts_of = getattr(method, "memory_parts", None)
+    if parts_of is None:
         raise TypeError(f"method: expected ls.Subspace or ls.Krylov, got {type(method).__name__}")
+    pdt = product_dtype or dtype
+    z = sizes_of(
+        m=m, n=n, rows=rows, act_row=act_row, dtype=dtype, product_dtype=pdt, batch=batch,
+        chunk=chunk, linearize=linearize, vmap=vmap, self_check=self_check,
+        model_copy=model_copy,
+    )  # fmt: skip
+    act = z.act_row * z.s / torch.empty((), dtype=dtype).element_size()
+    # a cached torch.func VJP holds about 4x the tensors autograd saves in a plain forward
+    # pass, the linearization as much again (measured, tests/test_memory.py)
+    parts = {
+        "model": z.m * z.s if (model_copy or pdt != dtype) else 0,
+        "cache": z.rows * act * (8 if linearize else 4),
+        "residual": 4 * z.n * z.s,
+    }
+    parts.update(parts_of(z))
     if self_check:
-        parts["check"] = max(0, 2 * per_col_act - parts.get("product", 0))
+        parts["check"] = max(0, 2 * z.per_col_act - parts.get("product", 0))
     sizes = dict(
-        m=m, n=n, rows=rows, act_row=act_row, dtype=str(pdt), batch=batch, chunk=chunk,
+        m=z.m, n=z.n, rows=z.rows, act_row=z.act_row, dtype=str(pdt), batch=batch, chunk=chunk,
         linearize=linearize, vmap=vmap,
     )  # fmt: skip
     return MemoryEstimate(parts={k: int(v) for k, v in parts.items()}, sizes=sizes)
-
-
-def _krylov_rank(method, n, m, space) -> int:
-    from ..precond import Auto, Nystrom
-
-    spec = method.preconditioner
-    if spec is None:
-        return 0
-    if isinstance(spec, Auto):
-        spec = spec.nystrom if space == "sample" else spec.choose((n, m))
-    if not isinstance(spec, Nystrom):
-        return 0  # sketch (s x m with s ~ 4 m tall only) and Jacobi: small next to the rest
-    return method.precond_rank((n, m), spec)
-
-
-# ---------------------------------------------------------------------- before refine runs
-def preflight(method, model, inputs, targets, products, *, product_dtype=None, available=None):
-    """Estimate, refuse what cannot fit, and choose the product batch and row chunk.
-
-    Called by :func:`lsr_scale.refine` for ``data=`` refinements before it linearizes.
-
-    Returns
-    -------
-    (Products, MemoryEstimate)
-        ``products`` with ``batch_size`` lowered to what fits (never raised) and, when the
-        cache and one product over all rows do not fit, a ``chunk_size``; the estimate at
-        those settings.
-
-    Raises
-    ------
-    MemoryError
-        When even one column per batch and the smallest row chunk need more than the
-        available memory; the message names the estimate, its largest parts and the
-        available bytes.
-    """
-    p0 = next(iter(model.parameters()))
-    dtype = p0.dtype
-    device = p0.device
-    m = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    rows = int(inputs[0].shape[0])
-    n = int(targets.numel())
-    act = activation_bytes_per_row(model, inputs)
-    vmap = products.batching == "vmap" or (products.batching == "auto" and device.type == "cuda")
-    free = available_bytes(device) if available is None else int(available)
-    kw = dict(
-        m=m, n=n, rows=rows, act_row=act, dtype=dtype, product_dtype=product_dtype or dtype,
-        linearize=products.jvp != "double_vjp", vmap=vmap, self_check=products.self_check,
-    )  # fmt: skip
-    batch = products.batch_size or max(1, min(n, m))
-    chunk = products.chunk_size
-    est = estimate(method, batch=batch, chunk=chunk, **kw)
-    if est.total <= free:
-        return products, est
-    # the smallest settings: one column per batch, rows in chunks of 1
-    low = estimate(method, batch=1, chunk=1, **kw)
-    if low.total > free:
-        raise MemoryError(
-            f"refine: expected the problem to fit in the available memory, got an estimated "
-            f"peak of {low.describe()} at one column per product batch and one row per "
-            f"chunk, with {_gb(free)} available (m={m:,} parameters, n={n:,} rows, "
-            f"{method.name}); see docs/scale.md for what each part is and how to shrink it"
-        )
-    # lower the batch first, then the row chunk, until the estimate fits
-    while batch > 1 and est.total > free:
-        batch = max(1, batch // 2)
-        est = estimate(method, batch=batch, chunk=chunk, **kw)
-    chunk = rows if chunk is None else chunk
-    while chunk > 1 and est.total > free:
-        chunk = max(1, chunk // 2)
-        est = estimate(method, batch=batch, chunk=chunk, **kw)
-    new = dataclasses.replace(
-        products, batch_size=batch, chunk_size=chunk if chunk < rows else products.chunk_size
-    )
-    return new, est

@@ -110,7 +110,12 @@ class Problem:
     products : Products
     generator : torch.Generator or None
     stage : callable
-        ``stage(text)`` advances the progress display to the next phase.
+        ``stage(text, total=None, done=None, unit="products")`` starts the next phase of
+        the progress display: ``done()`` is polled for the count so far (the display shows
+        its increase since the phase started), ``total`` is the count expected by the end
+        (an upper bound, or ``None``). The Jacobian's column products are the usual count:
+        ``done=lsr_scale._progress.product_counter(problem.J)``. See
+        :class:`lsr_scale._progress.PhaseProgress`.
     """
 
     J: JacobianOperator
@@ -121,6 +126,7 @@ class Problem:
     products: Products
     generator: torch.Generator | None
     stage: object
+    model_dtype: torch.dtype | None = None
 
     def jacobian_at(self, inputs):
         """The output Jacobian ``J_q`` at other inputs, over the same parameters."""
@@ -132,12 +138,10 @@ class Method:
     """Base of the refinement methods. Subclasses are frozen dataclasses.
 
     A subclass implements ``solve(problem) -> (delta, info)`` and may override
-    :meth:`validation_use`, :meth:`product_dtype`, :attr:`stages` and :meth:`check_problem`.
+    :meth:`validation_use`, :meth:`product_dtype` and :meth:`check_problem`.
     """
 
     name = "method"
-    #: How many times ``solve`` calls ``problem.stage`` (for the progress bar's total).
-    stages = 2
 
     def validation_use(self) -> str:
         """``"required"``, ``"optional"`` or ``"unused"``: what this configuration does with
@@ -145,7 +149,9 @@ class Method:
         use, and requires it where it is needed."""
         return "unused"
 
-    def product_dtype(self, model_dtype: torch.dtype, *, has_data: bool) -> torch.dtype | None:
+    def product_dtype(
+        self, model_dtype: torch.dtype, *, has_data: bool, device=None
+    ) -> torch.dtype | None:
         """The dtype to take Jacobian products in, when the user did not pass ``dtype=``.
 
         ``None`` (the default) means the model's own. A method returning another dtype gets

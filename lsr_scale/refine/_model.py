@@ -36,7 +36,9 @@ class RefinedModel:
         q_lin(x) = q(theta0, x) + J_q(x) delta,
 
     with one JVP per batch of new inputs. This is what LSR refines, and it is usually far
-    more accurate than the network at ``theta0 + delta`` (see :meth:`to_network`).
+    more accurate than the network at ``theta0 + delta`` (see :meth:`to_network`). After
+    ``refine(..., loss="softmax_mse")`` (:attr:`output` ``"softmax"``) it returns the
+    linearized probabilities ``p0(x) + J_p(x) delta``, ``p = softmax(q)``, instead.
 
     Attributes
     ----------
@@ -52,9 +54,28 @@ class RefinedModel:
     model : torch.nn.Module
         The network that was refined (never modified). When ``refine`` ran in another
         dtype, this is a private converted copy.
+    output : str or None
+        ``"softmax"`` when the predictor is linearized through a softmax of the network's
+        outputs (``loss="softmax_mse"``), else ``None``.
+    network_delta : torch.Tensor or None
+        The update :meth:`to_network` adds instead of :attr:`delta`, when they differ
+        (``loss="cross_entropy"``: the step length of the network's line search); ``None``
+        otherwise.
     """
 
-    def __init__(self, model, param_names, delta, info: dict, *, probe_inputs=None, io_dtype=None):
+    def __init__(
+        self, model, param_names, delta, info: dict, *, probe_inputs=None, io_dtype=None,
+        output=None, network_delta=None,
+    ):  # fmt: skip
+        if output not in (None, "softmax"):
+            raise ValueError(f"output: expected None or 'softmax', got {output!r}")
+        if network_delta is not None and network_delta.shape != delta.shape:
+            raise ValueError(
+                f"network_delta: expected delta's shape {tuple(delta.shape)}, got "
+                f"{tuple(network_delta.shape)}"
+            )
+        self.output = output
+        self.network_delta = network_delta
         # ``model`` is a private copy holding theta0 (parameters and buffers) at the
         # linearization point; the user's network is never referenced or modified.
         self.model = model
@@ -125,6 +146,9 @@ class RefinedModel:
             chunk = tuple(x[start : start + step] for x in inputs)
             with torch.no_grad():
                 out, dout = module_jvp(self.model, chunk, tangents)
+            if self.output == "softmax":  # p + dp, dp = (diag(p) - p p^T) dout, row by row
+                out = torch.softmax(out, dim=-1)
+                dout = out * (dout - (out * dout).sum(-1, keepdim=True))
             outs.append(out + dout)
         out = torch.cat(outs, dim=0)
         return out.to(self.io_dtype) if narrow else out
@@ -135,14 +159,24 @@ class RefinedModel:
         """A deep copy of the network with parameters ``theta0 + delta``.
 
         This is *not* the linear predictor and is usually less accurate than it; offered
-        for deployment where a plain network is required.
+        for deployment where a plain network is required. It is in the precision of the
+        model that was refined (:attr:`io_dtype`), also when the products were wider. It
+        returns what the network returns: logits after ``loss="softmax_mse"`` (no softmax is
+        added) and after ``loss="cross_entropy"``, where it is the Gauss-Newton iterate
+        ``theta0 + network_delta`` whose step length the line search chose on the network's
+        own training loss (see :attr:`network_delta`).
         """
         net = copy.deepcopy(self.model)
         delta = self.delta_dict
+        if self.network_delta is not None:
+            like = {n: self.theta0[n] for n in self.param_names}
+            delta = unflatten_params(self.network_delta, like)
         with torch.no_grad():
             for name, p in net.named_parameters():
                 if name in delta:
                     p.add_(delta[name])
+        if self.io_dtype != self.dtype:  # products were wider (Krylov's float64): the
+            to_precision(net, self.io_dtype)  # network comes back in the model's precision
         return net
 
     # ------------------------------------------------------------------ persistence
@@ -158,6 +192,10 @@ class RefinedModel:
             "theta0": {k: v.detach().cpu() for k, v in self.model.named_parameters()},
             "buffers": {k: v.detach().cpu() for k, v in self.model.named_buffers()},
             "delta": self.delta.detach().cpu(),
+            "output": self.output,
+            "network_delta": (
+                None if self.network_delta is None else self.network_delta.detach().cpu()
+            ),
             "info": _jsonable(self.info),
             "fingerprint": self._fingerprint(),
         }
@@ -261,6 +299,10 @@ class RefinedModel:
             payload["info"],
             probe_inputs=probe,
             io_dtype=io_dtype,
+            output=payload.get("output"),
+            network_delta=(
+                None if payload.get("network_delta") is None else payload["network_delta"].to(dev)
+            ),
         )
 
     def __repr__(self) -> str:

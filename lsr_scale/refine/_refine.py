@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import contextvars
 import copy
+import dataclasses
 import time
+import warnings
 
 import torch
 
 from .._checks import check_finite_rows, check_generator, check_inputs, real_dtype
-from .._utils import PeakMemory, progress, timed
+from .._progress import PhaseProgress
+from .._utils import PeakMemory, timed
+from ..losses import as_loss
 from ..operators._jacobian import _select_param_names
 from ..operators._params import to_precision
 from ._krylov import Krylov
 from ._legacy import from_legacy
 from ._loader import LoaderData, is_loader
-from ._memory import preflight
+from ._loss import refine_with_loss
 from ._methods import Method, Problem, Products
 from ._model import RefinedModel, _as_tuple
+from ._plan import Plan, default_budget, measure, plan_problem
 from ._subspace import DTYPE_HINT, Subspace
 
-__all__ = ["refine", "as_method"]
+__all__ = ["refine", "plan", "as_method"]
 
 _SHORTHANDS = {"subspace": Subspace, "krylov": Krylov}
 
@@ -39,6 +45,106 @@ def as_method(method) -> Method:
         f"method: expected 'subspace', 'krylov' or a method object (ls.Subspace(...), "
         f"ls.Krylov(...)), got {method!r}"
     )
+
+
+# Set by plan(): refine returns its Plan instead of running it.
+_PLAN_ONLY = contextvars.ContextVar("lsr_scale_plan_only", default=False)
+
+
+def plan(
+    model: torch.nn.Module,
+    data=None,
+    *,
+    residual_fn=None,
+    method="subspace",
+    params=None,
+    products: Products | None = None,
+    dtype: torch.dtype | None = None,
+    memory_budget: int | float | None = None,
+    loss="mse",
+) -> Plan:
+    """What :func:`refine` would run, and its estimated peak memory, without running it.
+
+    Checks the arguments as :func:`refine` does, measures the problem (one forward pass of
+    a few rows for ``data=``; one evaluation of ``residual_fn``), estimates the peak and
+    adapts the settings that do not fit ``memory_budget``, exactly as :func:`refine` would.
+    Nothing of the size of the problem is allocated.
+
+    Parameters
+    ----------
+    model, data, residual_fn, method, params, products, dtype, memory_budget, loss
+        As for :func:`refine` (for ``loss="cross_entropy"``: the plan of one Gauss-Newton
+        step). ``data`` must be tensors (a DataLoader is not planned).
+
+    Returns
+    -------
+    Plan
+        ``plan.method`` (the adapted method), ``plan.peak_bytes``, ``plan.parts``,
+        ``plan.adapted`` (each change with its reason), ``plan.notes`` and
+        ``plan.describe()``.
+
+    Raises
+    ------
+    MemoryError
+        When no setting fits the budget (the message has the estimate by part).
+
+    Examples
+    --------
+    >>> import torch, lsr_scale as ls
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.Tanh(),
+    ...                           torch.nn.Linear(64, 1))
+    >>> x = torch.rand(500, 2)
+    >>> p = ls.plan(net, data=(x, x[:, :1]), method=ls.Krylov(), memory_budget=2e9)
+    >>> p.peak_bytes < 2e9, p.adapted
+    (True, ())
+    """
+    token = _PLAN_ONLY.set(True)
+    try:
+        return refine(
+            model, data, residual_fn=residual_fn, method=method, params=params,
+            products=products, dtype=dtype, memory_budget=memory_budget, progress_bar=False,
+            loss=loss,
+        )  # fmt: skip
+    finally:
+        _PLAN_ONLY.reset(token)
+
+
+def _make_plan(
+    method, model, work, inputs, targets, residual_fn, params, products, *, dtype,
+    product_dtype, device, budget,
+) -> Plan:  # fmt: skip
+    """The plan of one refinement (the sizes measured, then :func:`._plan.plan_problem`)."""
+    if budget is None:
+        budget = default_budget(device)
+    elif isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
+        raise ValueError(f"memory_budget: expected a positive number of bytes, got {budget!r}")
+    names = _select_param_names(dict(model.named_parameters()), params)
+    theta = {k: v.detach() for k, v in work.named_parameters() if k in names}
+    m = sum(v.numel() * (2 if v.is_complex() else 1) for v in theta.values())
+    if residual_fn is not None:
+        with torch.no_grad():
+            n = int(residual_fn(theta).numel())
+        rows, act = measure(None, residual_fn=residual_fn, theta=theta)
+    else:
+        n = int(targets.numel())
+        rows, act = measure(work, inputs)
+    # activations are counted in the model's dtype; the estimate widens them to the products'
+    act *= _size(dtype) / _size(next(iter(theta.values())).dtype)
+    unmeasured = act != act  # a residual_fn whose torch.func transforms refuse the count
+    out = plan_problem(
+        method, m=m, n=n, rows=rows, dtype=dtype, product_dtype=product_dtype,
+        device=device, products=products, budget=int(budget), model_copy=work is not model,
+        act_row=0.0 if unmeasured else act,
+    )  # fmt: skip
+    if unmeasured:
+        note = "activations not counted: residual_fn runs torch.func transforms that refuse "
+        note += "autograd's saved-tensor hooks, which count them"
+        out = dataclasses.replace(out, notes=(*out.notes, note))
+    return out
+
+
+def _size(dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def _check_model(model):
@@ -66,6 +172,11 @@ def _check_data(pair, what: str, dtype, device):
     name = f"{what} targets" if what != "data" else "targets"
     check_inputs((targets,), name, dtype, device, hint=DTYPE_HINT)
     if not targets.is_floating_point():
+        if not targets.is_complex() and targets.dtype != torch.bool:
+            raise TypeError(
+                f"{name}: expected floating targets for loss='mse', got {targets.dtype} class "
+                "labels; pass loss='cross_entropy' or loss='softmax_mse' for a classifier"
+            )
         raise TypeError(f"{name}: expected dtype {dtype} (the model's), got {targets.dtype}")
     check_finite_rows(inputs, f"{what} inputs" if what != "data" else "inputs")
 
@@ -91,6 +202,8 @@ def refine(
     dtype: torch.dtype | None = None,
     generator: torch.Generator | None = None,
     progress_bar: bool | None = None,
+    memory_budget: int | float | None = None,
+    loss="mse",
     **legacy,
 ) -> RefinedModel:
     """Refine a trained network by solving its linearized least-squares problem.
@@ -121,7 +234,9 @@ def refine(
         Names of the parameters to refine (default: all that require grad).
     validation : (inputs, targets), optional
         Held-out data, for the methods that use it (``Subspace(rank="auto")``); refused by
-        the others rather than ignored.
+        the others rather than ignored. With ``loss="cross_entropy"`` it also selects the
+        Gauss-Newton step, whatever the method; the classification losses take labels here
+        too and report the validation accuracy.
     products : Products, optional
         How Jacobian products are taken (back end, row chunks, column batches); default
         ``Products()``.
@@ -131,7 +246,28 @@ def refine(
     generator : torch.Generator, optional
         The only source of randomness when given; ``None`` uses torch's global RNG.
     progress_bar : bool, optional
-        Show progress (default: only when stderr is a terminal).
+        Show progress on stderr: the phase (linearize, the method's phases, check) and its
+        count, elapsed time and estimated time left, e.g. ``refine (krylov): LSMR 60/300
+        iterations, 14 s, ETA 56 s``. On a terminal one line is redrawn in place (with tqdm
+        when installed, else plain lines); otherwise ``True`` prints a plain line when a
+        phase starts and every 10 s while it runs. ``None`` (default): only on a terminal,
+        and not when the environment variable ``LSR_SCALE_NO_PROGRESS`` is set. ``False``:
+        silent.
+    memory_budget : int or float, optional
+        Bytes the refinement may use (default: half of the memory free on the
+        model's device, :func:`lsr_scale.refine._plan.default_budget`). Settings whose
+        estimate exceeds it are adapted in each method's documented order, with one
+        warning, and ``info["adapted"]`` lists each change; :func:`lsr_scale.plan` shows
+        the same plan without running. See "Large models" in ``docs/guide.md``.
+    loss : str or loss object
+        What is minimized: ``"mse"`` (the squared error, the default), ``"softmax_mse"``
+        (a classifier's softmax outputs against one-hot labels, linearized through the
+        softmax; the predictor returns the linearized probabilities), ``"cross_entropy"``
+        (softmax cross-entropy on the logits by a few Gauss-Newton steps with a line search;
+        the predictor returns logits), or an object of :mod:`lsr_scale.losses` (row
+        weights, label smoothing, steps). The classification losses take integer labels
+        ``(N,)`` or class probabilities ``(N, C)`` as targets, and report
+        ``info["accuracy"]``. See "Classification" in ``docs/guide.md``.
     **legacy
         The 0.1 keywords (``rank=``, ``maxiter=``, ``precond_rank=`` ...), mapped onto the
         method objects with a ``DeprecationWarning`` that shows the new call. Removed in 0.3.
@@ -185,6 +321,14 @@ def refine(
     elif not isinstance(products, Products):
         raise TypeError(f"products: expected ls.Products(...) or None, got {products!r}")
     check_generator(generator)
+    loss = as_loss(loss)
+    if not loss.plain:  # refined through refine itself, on a wrapped network
+        _check_model(model)  # before any forward pass of the loss's own
+        return refine_with_loss(
+            refine, loss, model, data, residual_fn=residual_fn, method=method, params=params,
+            validation=validation, products=products, dtype=dtype, generator=generator,
+            progress_bar=progress_bar, memory_budget=memory_budget, plan_only=_PLAN_ONLY.get(),
+        )  # fmt: skip
     if (data is None) == (residual_fn is None):
         raise ValueError(
             "refine: expected exactly one of data=(inputs, targets) or residual_fn=..., got "
@@ -201,7 +345,7 @@ def refine(
             f"validation: not used by {method!r}; pass it with ls.Subspace(rank='auto') or "
             "ls.Krylov(), or leave it out"
         )
-    if validation is None and use == "required":
+    if validation is None and use == "required" and not _PLAN_ONLY.get():
         raise ValueError(f"validation: expected (inputs, targets) for {method!r}, got None")
     method.check_problem(has_data=data is not None)
 
@@ -211,7 +355,7 @@ def refine(
     # the precision the user asked for (dtype=), else the one the method takes products in
     out_dtype = dtype or model_dtype
     if dtype is None and data is not None:
-        dtype = method.product_dtype(model_dtype, has_data=True)
+        dtype = method.product_dtype(model_dtype, has_data=True, device=device)
     work = model
     if dtype is not None and dtype != model_dtype:
         if residual_fn is not None:
@@ -231,6 +375,11 @@ def refine(
 
     inputs = targets = probe = None
     loader = None
+    if data is not None and is_loader(data) and _PLAN_ONLY.get():
+        raise ValueError(
+            "plan: expected data=(inputs, targets) or residual_fn=, got a DataLoader (its "
+            "batches are re-read at every product; refine keeps one batch's activations)"
+        )
     if data is not None and is_loader(data):  # row blocks re-read from the dataset
         if products.chunk_size is not None:
             raise ValueError(
@@ -249,24 +398,30 @@ def refine(
         validation = tuple(convert(x) for x in v_in), convert(v_tgt)
         _check_data(validation, "validation", wdtype, device)
 
-    mem = None
-    if inputs is not None:  # estimate; refuse what cannot fit; batch and chunk from free memory
-        products, mem = preflight(method, work, inputs, targets, products)
-    bar = progress(
-        total=2 + method.stages,
-        desc=f"refine ({method.name})",
-        disable=None if progress_bar is None else not progress_bar,
-    )
+    # the plan: estimate, adapt what does not fit the budget (warned), refuse what cannot fit
+    the_plan = None
+    if loader is None:
+        the_plan = _make_plan(
+            method, model, work, inputs, targets, residual_fn, params, products,
+            dtype=out_dtype, product_dtype=wdtype, device=device, budget=memory_budget,
+        )  # fmt: skip
+        method, products = the_plan.method, the_plan.products
+        if _PLAN_ONLY.get():
+            return the_plan
+        if the_plan.adapted:
+            warnings.warn(
+                f"refine: the settings given need more than the memory budget "
+                f"({the_plan.budget / 1e9:.2f} GB); adapted "
+                + "; ".join(f"{c['setting']} {c['from']} -> {c['to']}" for c in the_plan.adapted)
+                + " (info['adapted'] says why; ls.plan(...) shows it before running; pass "
+                "memory_budget= to change the budget)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     times: dict[str, float] = {}
-    opened = []
-
-    def stage(text):
-        if opened:
-            bar.update(1)
-        opened.append(text)
-        bar.set_description(f"refine ({method.name}): {text}")
-
-    with PeakMemory(device) as pm:
+    bar = PhaseProgress(f"refine ({method.name})", progress_bar)
+    with bar, PeakMemory(device) as pm:  # the bar's thread stops also on an exception
+        stage = bar.stage
         stage("linearize")
         with timed(times, "linearize", device):
             if loader is not None:
@@ -278,15 +433,15 @@ def refine(
                 theta = {k: v.detach() for k, v in model.named_parameters() if k in names}
                 J = products.residual_jacobian(residual_fn, theta)
         b = -J.residual
-        problem = Problem(J, b, work, inputs, validation, products, generator, stage)
+        problem = Problem(
+            J, b, work, inputs, validation, products, generator, stage, model_dtype=out_dtype
+        )
         delta, info = method.solve(problem)
         times.update(info.pop("times", {}))
         # linearized loss from the returned delta (not the solver's running estimate)
         stage("check")
         with timed(times, "check", device):
             lin_res = J.matvec(delta) - b
-    bar.update(1)
-    bar.close()
     n, m = J.shape
     times["total"] = time.perf_counter() - t_start
     info.update(
@@ -306,7 +461,8 @@ def refine(
         times=times,
         peak_mem_bytes=pm.peak_bytes,
         peak_mem_kind=pm.kind,
-        memory_estimate=mem.parts if mem is not None else None,
+        memory_estimate=the_plan.parts if the_plan is not None else None,
+        adapted=list(the_plan.adapted) if the_plan is not None else [],
         num_jvp=J.num_matvecs,
         num_vjp=J.num_rmatvecs,
     )

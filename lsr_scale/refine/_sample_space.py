@@ -10,6 +10,7 @@ from .._checks import check_choice, check_positive_int, check_tolerance
 from ..operators import LinearOperator, aslinearoperator
 from ..solvers._cg import _cg
 from ..solvers._result import SolverResult
+from ._memory import choose_block
 
 __all__ = ["solve_sample_space", "GramOperator"]
 
@@ -184,7 +185,6 @@ def solve_sample_space(
 def _build_preconditioner(J, rank, damp, generator, method, block_size, max_rank):
     """The Nystrom preconditioner of ``J J^T + damp^2 I`` (``n x l`` stored, see above)."""
     from ..precond import NystromPreconditioner
-    from ._memory import choose_block
 
     check_choice(method, ("nystrom", "svd"), "precond_method")
     n, m = J.shape

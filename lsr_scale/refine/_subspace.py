@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -14,11 +15,13 @@ from .._checks import (
     check_positive_int,
     check_tolerance,
 )
+from .._progress import product_counter
 from .._utils import timed
 from ..operators import LinearOperator, SubspaceOperator
 from ..precond import SketchPreconditioner
 from ..randomized import randomized_svd
 from ..solvers import lsmr
+from ._memory import largest
 from ._methods import Method, Problem
 from ._model import _as_tuple
 from ._streaming import ColumnMask, draw_mask, reduced_gram, solve_nested, streamed_basis
@@ -88,7 +91,10 @@ class Subspace(Method):
     subspace_inputs : tensor or tuple, optional
         Model inputs for ``subspace="output"`` (default: the data inputs).
     rank_candidates : sequence of int, optional
-        Candidate ranks for ``rank="auto"`` (default: a geometric grid up to ``2 k``).
+        Candidate ranks for ``rank="auto"`` (default: a geometric grid, ratio 1.5, up to
+        :func:`default_rank`, so that the scan costs the randomized SVD of the fixed default
+        rank and little more; it scanned up to twice that before, at 2.5x the time of the
+        fixed-rank call on a small CNN: ``bench/results/profile_rank_auto_cpu.md``).
     reduced : {"auto", "dense", "lsmr"}
         How the reduced problem is solved. ``"auto"`` is dense when ``G0 P`` takes at most
         ``max_dense_bytes``.
@@ -251,6 +257,76 @@ class Subspace(Method):
     def validation_use(self) -> str:
         return "required" if self.rank == "auto" else "unused"
 
+    # ------------------------------------------------------------------ planning
+    def resolved_rank(self, shape) -> int:
+        """The rank ``k`` of the subspace for an ``(n, m)`` problem (the largest candidate
+        with ``rank="auto"``)."""
+        n, m = shape
+        if self.rank == "auto":
+            return max(self.rank_candidates) if self.rank_candidates else default_rank(n, m)
+        return default_rank(n, m) if self.rank is None else self.rank
+
+    def memory_parts(self, z) -> dict:
+        """Bytes of this method's own parts for the sizes ``z`` (:class:`~._memory.Sizes`)."""
+        r = min(self.resolved_rank((z.n, z.m)), z.n, z.m)
+        m_eff = int(math.ceil(z.m * self.fraction)) if self.fraction is not None else z.m
+        if self.range_finder == "streamed":
+            # the build holds the test vectors and G0^T G0 Omega (m x k each, products'
+            # dtype); the basis (basis_dtype) replaces them, so it never adds to that peak
+            return {"basis": 2 * m_eff * r * z.s + 3 * r * r * 8, "product": z.product(z.batch)}
+        k = min(r + self.oversample, z.n, m_eff)
+        parts = {"basis": 3 * m_eff * k * z.s, "product": z.product(k)}
+        dense = z.n * r * z.s
+        if self.reduced == "dense" or (self.reduced == "auto" and dense <= self.max_dense_bytes):
+            parts["reduced"] = 3 * dense
+        else:
+            parts["reduced"] = 8 * r * z.s + 4 * z.n * z.s
+        return parts
+
+    def adapt(self, z, fits):
+        """Settings that fit: ``(method, changes)``, ``fits(method) -> bool`` deciding.
+
+        The levers, in order (each kept once taken): (1) the streamed route
+        (``range_finder="streamed"``: two ``m x k`` blocks while the basis is built and
+        ``k x k`` Grams, instead of three ``m x (k + p)`` blocks and the ``n x k`` reduced
+        matrix); (2) the largest rank that fits. With
+        ``rank="auto"`` (the streamed route takes a fixed rank) only the largest candidate
+        is lowered. Each change is a dict with ``setting``, ``from``, ``to``, ``reason``.
+        """
+        shape = (z.n, z.m)
+        k0 = min(self.resolved_rank(shape), z.n, z.m)
+        cur, changes = self, []
+        if self.rank == "auto":
+            cands = self.rank_candidates or tuple(_rank_grid(k0))
+            best = largest(lambda k: fits(replace(self, rank_candidates=_capped(cands, k))), k0)
+            if best >= 1:
+                capped = _capped(cands, best)
+                changes.append({
+                    "setting": "Subspace.rank_candidates", "from": list(cands),
+                    "to": list(capped), "reason": "the largest candidate ranks that fit",
+                })  # fmt: skip
+                cur = replace(self, rank_candidates=capped)
+            return cur, changes
+        if self.range_finder == "dense" and self.subspace == "residual" and self.rcond is None:
+            cur = replace(self, range_finder="streamed", rank=k0, oversample=0, power_iters=0)
+            if self.reduced == "dense" or self.reduced == "lsmr":
+                cur = replace(cur, reduced="auto")
+            changes.append({
+                "setting": "Subspace.range_finder", "from": "dense", "to": "streamed",
+                "reason": "two m x k blocks and k x k Grams instead of three m x (k + p) blocks "
+                "and the n x k reduced matrix (k test vectors for rank k: no oversampling)",
+            })  # fmt: skip
+            if fits(cur):
+                return cur, changes
+        best = largest(lambda k: fits(replace(cur, rank=k)), k0)
+        if best >= 1:
+            changes.append({
+                "setting": "Subspace.rank", "from": k0, "to": best,
+                "reason": "the largest rank that fits",
+            })  # fmt: skip
+            cur = replace(cur, rank=best)
+        return cur, changes
+
     def check_problem(self, *, has_data: bool) -> None:
         if self.subspace == "output" and self.subspace_inputs is None and not has_data:
             raise ValueError(
@@ -288,7 +364,7 @@ class Subspace(Method):
         max_rank = min(ns, m)
         auto = self.rank == "auto"
         if auto:
-            k = max(self.rank_candidates) if self.rank_candidates else 2 * default_rank(ns, m)
+            k = max(self.rank_candidates) if self.rank_candidates else default_rank(ns, m)
             k = min(k, max_rank)
         else:
             k = default_rank(ns, m) if self.rank is None else self.rank
@@ -311,7 +387,11 @@ class Subspace(Method):
                 f"{self.max_dense_bytes / 2**30:.1f} GiB; raise it or give a rank"
             )
         # ---------------------------------------------------------- randomized SVD
-        problem.stage("randomized SVD")
+        problem.stage(
+            "randomized SVD",
+            total=_svd_products(self, k, Js.shape),
+            done=product_counter(Js),
+        )
         with timed(times, "range_finder", device):
             _, S, Vh = randomized_svd(
                 Js,
@@ -325,7 +405,7 @@ class Subspace(Method):
         info["rank"] = k
         info["singular_values"] = S.detach().cpu()
         # ---------------------------------------------------------- reduced problem
-        problem.stage("reduced problem")
+        problem.stage("reduced problem", total=k if use_dense else None, done=product_counter(J))
         info["reduced_solver"] = "dense" if use_dense else "lsmr"
         with timed(times, "reduced", device):
             if use_dense:
@@ -359,7 +439,12 @@ class Subspace(Method):
     def _solve_streamed(self, problem: Problem, J, k: int, info: dict, times: dict):
         """The memory-bounded route (:mod:`lsr_scale.refine._streaming`)."""
         device, batch, b = J.device, problem.products.batch_size, problem.b
-        problem.stage("streamed basis" if self.range_finder == "streamed" else "randomized SVD")
+        streamed = self.range_finder == "streamed"
+        problem.stage(
+            "streamed basis" if streamed else "randomized SVD",
+            total=2 * k if streamed else _svd_products(self, k, J.shape),
+            done=product_counter(J),
+        )
         with timed(times, "range_finder", device):
             if self.range_finder == "streamed":
                 P, binfo = streamed_basis(
@@ -377,7 +462,9 @@ class Subspace(Method):
                 )
                 P = Vh.T / S
                 info["singular_values"] = S.detach().cpu()
-        problem.stage("reduced problem (streamed)")
+        problem.stage(
+            "reduced problem (streamed)", total=2 * P.shape[1] + 1, done=product_counter(J)
+        )
         with timed(times, "reduced", device):
             C, r, bb = reduced_gram(J, P, b, batch=batch)
             coefs, sinfo = solve_nested(C, r, bb, [P.shape[1]])
@@ -404,6 +491,7 @@ class Subspace(Method):
         """Nested truncations of one randomized SVD, scored on validation data."""
         v_in, v_tgt = problem.validation
         Jv = problem.jacobian_at(v_in)
+        problem.stage("validation products", total=P.shape[1], done=product_counter(Jv))
         q0 = Jv.residual
         JvP = matmat_in_blocks(Jv, P, problem.products.batch_size)
         tgt = v_tgt.reshape(-1).to(q0.dtype)
@@ -417,6 +505,7 @@ class Subspace(Method):
             )
         scan = []
         interrupted = False
+        problem.stage("rank scan", total=len(cands), done=lambda: len(scan), unit="ranks")
         try:
             for kc in cands:
                 c = solve_reduced(A[:, :kc], b, self.rcond)
@@ -437,6 +526,11 @@ class Subspace(Method):
         return best, scan, interrupted
 
 
+def _capped(cands, k: int) -> tuple:
+    """Candidate ranks up to ``k`` (``k`` itself added when all were larger)."""
+    return tuple(sorted({c for c in cands if c <= k} or {k}))
+
+
 def _embed(delta, idx, m):
     if idx is None:
         return delta
@@ -447,3 +541,8 @@ def _embed(delta, idx, m):
 
 def _or(value, key):
     return _REDUCED_DEFAULTS[key] if value is None else value
+
+
+def _svd_products(method: Subspace, rank: int, shape) -> int:
+    """Column products of its :func:`~lsr_scale.randomized_svd` (for the progress display)."""
+    return 2 * (1 + method.power_iters) * min(rank + method.oversample, *shape)

@@ -448,7 +448,8 @@ class Record:
         self.hist_r.append(self.vals[0])
         self.hist_ar.append(self.vals[1])
         self.completed = itn
-        if prob.callback is not None:
+        every = getattr(prob.callback, "callback_every", 1)
+        if prob.callback is not None and itn % every == 0:
             prob.callback(prob.to_x(x))
         return itn % prob.check_every == 0 and bool(self.done)
 

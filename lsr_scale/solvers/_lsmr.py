@@ -78,7 +78,9 @@ def lsmr(
         ``callback(x)`` is called after each iteration with the current solution estimate
         (do not modify it). With ``M`` this costs one product with ``M`` per iteration. With
         ``check_every > 1`` it may also see up to ``check_every - 1`` iterations after
-        convergence, with ``x`` unchanged.
+        convergence, with ``x`` unchanged. A callback with an integer attribute
+        ``callback_every`` is called only at the iterations that are multiples of it (and
+        ``x`` is formed only then).
     check_every : int, optional
         How often (in iterations) the host reads the on-device convergence flag. Default 1 on
         the CPU and 10 on CUDA. Larger values avoid host-device syncs at the price of up to

@@ -1,0 +1,28 @@
+"""The result tables the docs quote are the recorded ones (bench/docs_tables.py copies them)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("docs_tables", ROOT / "bench" / "docs_tables.py")
+docs_tables = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(docs_tables)
+
+
+def test_every_quoted_table_is_its_results_file():
+    seen = 0
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        for stem, k, body in docs_tables.regions(page):
+            seen += 1
+            assert body == docs_tables.source(stem, k), (
+                f"{page.name}: the {stem} table {k} differs from bench/results/{stem}.md; "
+                "run python bench/docs_tables.py"
+            )
+    assert seen >= 4
+
+
+def test_tables_are_found_in_order(tmp_path):
+    text = "# t\n\n| a |\n|---|\n| 1 |\n\ntext\n\n| b |\n|---|\n"
+    assert docs_tables.tables(text) == ["| a |\n|---|\n| 1 |\n", "| b |\n|---|\n"]
