@@ -11,7 +11,7 @@ was adapted, the time and the stop. Each ``plan`` case records ``ls.plan`` for a
 Results go to ``bench/results/large_models_cpu.{json,md}`` as each case finishes; a rerun
 skips the cases already recorded (``--force`` redoes them)::
 
-    python bench/large_models.py --threads 2                 # everything (about 1 hour)
+    python bench/large_models.py --threads 1                 # everything (about 1 hour)
     python bench/large_models.py --only mlp-1e6 mlp-1e7/krylov --force   # redo some
     python bench/large_models.py --tv-python /tmp/tvenv/bin/python   # torchvision there
 
@@ -175,13 +175,13 @@ def _table(rows, device):
         "estimate.",
         "",
         "| model | params | rows | method | train rel. error | test rel. error | added GB | "
-        "plan GB | added/plan | adapted | time s | stop |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "plan GB | added/plan | adapted | time s | threads | stop |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         if "error" in r:
             body.append(f"| {r['case']} | | | {r['method']} | failed: "
-                        f"{r['error'].splitlines()[-1][:80]} | | | | | | | |")  # fmt: skip
+                        f"{r['error'].splitlines()[-1][:80]} | | | | | | | | |")  # fmt: skip
             continue
         adapted = "; ".join(f"{c['setting']} {c['from']} -> {c['to']}" for c in r["adapted"])
         body.append(
@@ -190,7 +190,8 @@ def _table(rows, device):
             f"({r['train_before'] / max(r['train_after'], 1e-300):.0f}x) | "
             f"{r['test_before']:.2e} -> {r['test_after']:.2e} | {_gb(r['added_bytes'])} | "
             f"{_gb(r['estimate_bytes'])} | {r['added_bytes'] / r['estimate_bytes']:.2f} | "
-            f"{adapted or 'none'} | {r['wall_s']:.0f} | {(r.get('stop') or '').split(':')[0]} |"
+            f"{adapted or 'none'} | {r['wall_s']:.0f} | {r.get('threads', 2)} | "
+            f"{(r.get('stop') or '').split(':')[0]} |"
         )
     body += [
         "",
@@ -226,7 +227,7 @@ def main(argv=None):
     p.add_argument("--timeout", type=int, default=3000)
     args = p.parse_args(argv)
     rows = _load()
-    device = cpu_device(args.threads)
+    device = cpu_device(args.threads).split(",")[0] + ")"  # threads: per row
     todo = [(c, m, _CHILD) for c, m in RUNS] + [(c, m, _PLAN) for c, m in PLANS]
     for case, method, code in todo:
         key = _key(case, method)
@@ -235,10 +236,10 @@ def main(argv=None):
         ):
             continue
         print(f"{key} ...", flush=True)
-        rows[key] = _child(code, case, method, args)
+        rows[key] = {**_child(code, case, method, args), "threads": args.threads}
         print(json.dumps(rows[key])[:600], flush=True)
         write(STEM, {"device": device, "rows": rows}, "Large models with default arguments",
-              "python bench/large_models.py --threads 2 --tv-python /tmp/tvenv/bin/python",
+              "python bench/large_models.py --threads 1 --tv-python /tmp/tvenv/bin/python",
               _table(rows, device))  # fmt: skip
 
 

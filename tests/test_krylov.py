@@ -130,6 +130,19 @@ def test_maxiter_warns_and_says_so(mlp32):
     assert r.info["iterations"] == 4 and r.info["stop"].startswith("7")
 
 
+def test_maxiter_advice_depends_on_the_preconditioner(mlp32):
+    """With the Nystrom preconditioner in use the warning does not suggest one."""
+    prob, model = mlp32
+    data = (prob.x_train, prob.y_train)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ls.refine(model, data=data, method=ls.Krylov(maxiter=4, stall=None))
+        ls.refine(model, data=data, method=ls.Krylov(maxiter=4, stall=None, preconditioner=None))
+    msgs = [str(w.message) for w in caught if "stopped at maxiter" in str(w.message)]
+    assert len(msgs) == 2
+    assert "preconditioner" not in msgs[0] and "use a preconditioner" in msgs[1]
+
+
 def test_maxiter_warning_with_validation_says_the_error_was_still_improving(mlp32):
     prob, model = mlp32
     with pytest.warns(RuntimeWarning, match="validation error had not stopped improving"):

@@ -106,20 +106,20 @@ def test_krylov_adapts_basis_storage_then_rank_in_order():
     assert all(c["reason"] for c in p2.adapted)
 
 
-def test_subspace_adapts_to_the_streamed_route_then_rank():
+def test_subspace_adapts_its_rank():
+    # the default route holds one m x (k + p) block: its SVD runs in place
     p0 = plan_problem(ls.Subspace(), budget=10**12, **_sizes())
-    assert p0.adapted == () and p0.parts["basis"] == 3 * 10**6 * 260 * 8
-    p1 = plan_problem(ls.Subspace(), budget=int(5e9), **_sizes())
-    assert p1.method.range_finder == "streamed" and p1.method.rank == 250
-    assert p1.method.oversample == 0 and p1.peak_bytes <= 5e9
-    p2 = plan_problem(ls.Subspace(), budget=int(1.2e9), **_sizes())
-    settings = [c["setting"] for c in p2.adapted]
-    assert settings == ["Subspace.range_finder", "Subspace.rank"]
-    assert p2.method.rank < 250 and p2.peak_bytes <= 1.2e9
-    # rank="auto" cannot stream: its largest candidates come down
-    p3 = plan_problem(ls.Subspace(rank="auto"), budget=int(2e9), **_sizes())
+    assert p0.adapted == () and p0.parts["basis"] == 10**6 * 260 * 8
+    p1 = plan_problem(ls.Subspace(), budget=int(1.2e9), **_sizes())
+    assert [c["setting"] for c in p1.adapted] == ["Subspace.rank"]
+    assert p1.method.rank < 250 and p1.method.range_finder == "dense"
+    assert p1.peak_bytes <= 1.2e9
+    bigger = ls.Subspace(rank=p1.method.rank + 1)
+    assert plan_problem(bigger, budget=10**12, **_sizes()).peak_bytes > 1.2e9
+    # rank="auto": its largest candidates come down
+    p3 = plan_problem(ls.Subspace(rank="auto"), budget=int(1.2e9), **_sizes())
     assert [c["setting"] for c in p3.adapted] == ["Subspace.rank_candidates"]
-    assert max(p3.method.rank_candidates) < 250 and p3.peak_bytes <= 2e9
+    assert max(p3.method.rank_candidates) < 250 and p3.peak_bytes <= 1.2e9
 
 
 def test_the_product_batch_comes_down_before_any_setting():
@@ -130,15 +130,18 @@ def test_the_product_batch_comes_down_before_any_setting():
 
 def test_refine_warns_once_and_records_what_it_adapted():
     net, data = _mlp(width=64, rows=400)
-    tight = ls.plan(net, data=data, method="subspace").peak_bytes // 3
+    one = ls.Products(batch_size=1)  # the product batch cannot absorb the cut
+    full = ls.plan(net, data=data, method="krylov", products=one)
+    tight = full.peak_bytes - full.parts["basis"] // 2
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        r = ls.refine(net, data=data, method="subspace", memory_budget=tight,
+        r = ls.refine(net, data=data, method="krylov", memory_budget=tight, products=one,
                       generator=torch.Generator().manual_seed(0))  # fmt: skip
     msgs = [str(w.message) for w in caught if "memory budget" in str(w.message)]
-    assert len(msgs) == 1 and "Subspace.range_finder dense -> streamed" in msgs[0]
-    assert r.info["adapted"][0]["setting"] == "Subspace.range_finder"
-    assert r.info["settings"].range_finder == "streamed"
+    assert len(msgs) == 1 and "Krylov.preconditioner.rank" in msgs[0]
+    assert r.info["adapted"][0]["setting"] == "Krylov.preconditioner.rank"
+    change = r.info["adapted"][0]
+    assert change["from"] == 200 and r.info["preconditioner"]["rank"] == change["to"] < 200
     # the adapted refine still refines
     x, y = data
     assert (r(x) - y).norm() < 0.5 * (net(x) - y).norm()

@@ -18,7 +18,7 @@ from ._blocks import blocked_apply
 from ._range import RangeFinder
 from ._rng import gaussian, resolve_generator
 
-__all__ = ["lowrank_gram", "lowrank_gram_streamed"]
+__all__ = ["lowrank_gram", "lowrank_gram_streamed", "tall_svd_inplace"]
 
 
 class _NystromSketch:
@@ -277,22 +277,42 @@ def lowrank_gram_streamed(
         Bt[:, j0:j1] = Z.to(store)
         del Z
     del Q
-    # 3. R of Bt by a QR of stacked row chunks, then the SVD of R
+    # 3.-4. the SVD of Bt, its right factor written over the buffer
+    U, S, _ = tall_svd_inplace(buf, m, k, rank, floor=floor)
+    lam = S.square().to(A.dtype)
+    info = {"rank": int(S.numel()), "error_estimate": None, "history": [], "block_size": block_size}
+    return U, lam, info
+
+
+def tall_svd_inplace(
+    buf: torch.Tensor, m: int, k: int, rank: int, *, floor=None, drop_zero: bool = True
+):
+    """``(V, S, Zh)``: the top ``r <= rank`` left singular vectors and values of the ``m x k``
+    matrix ``B`` stored row-major in the flat buffer ``buf``, ``V`` written over it, and the
+    right singular vectors ``Zh`` (``r x k``): ``B ~= V diag(S) Zh``.
+
+    ``B = Q_B R`` by a QR of row chunks stacked on the running ``R`` (float64, TSQR), then
+    ``R = P S Z^T`` (``k x k``) and ``V = B Z_r S_r^-1``, computed row chunk by row chunk and
+    stored in place: chunk ``i`` is read before it is written, and its new rows
+    ``[i r, (i + c) r)`` lie below the old rows of the chunks still to come. ``V`` is an
+    ``m x r`` view of the front of ``buf`` (its dtype); ``S`` and ``Zh`` are float64.
+    With ``drop_zero``, directions with ``S = 0`` or below ``floor * S[0]`` are dropped
+    (``r`` at least 1); without it ``r = rank`` (a zero ``S`` gives a zero column).
+    Nothing ``m x k`` is allocated besides ``buf``.
+    """
     f64 = torch.float64
-    R = torch.zeros((0, k), dtype=f64, device=dev)
+    B = buf[: m * k].view(m, k)
+    R = torch.zeros((0, k), dtype=f64, device=buf.device)
     for i in range(0, m, _STREAM_ROWS):
-        R = torch.linalg.qr(torch.cat([R, Bt[i : i + _STREAM_ROWS].to(f64)]), mode="r").R
+        R = torch.linalg.qr(torch.cat([R, B[i : i + _STREAM_ROWS].to(f64)]), mode="r").R
     _, S, Zh = torch.linalg.svd(R)
-    keep = S > (0.0 if not floor else float(floor) * float(S[0]))
-    r = max(1, min(rank, int(keep.sum())))
-    T = Zh[:r].T / S[:r]  # k x r
-    # 4. U = Bt T over the buffer, in place: chunk i is read before it is written, and its
-    # new rows [i r, (i + c) r) lie below the old rows of the chunks still to come
+    r = min(rank, k)
+    if drop_zero:
+        keep = S > (0.0 if not floor else float(floor) * float(S[0]))
+        r = max(1, min(r, int(keep.sum())))
+    T = Zh[:r].T / S[:r].clamp_min(torch.finfo(f64).tiny)  # k x r
     for i in range(0, m, _STREAM_ROWS):
         i1 = min(m, i + _STREAM_ROWS)
-        new = (buf[i * k : i1 * k].view(i1 - i, k).to(f64) @ T).to(store)
+        new = (buf[i * k : i1 * k].view(i1 - i, k).to(f64) @ T).to(buf.dtype)
         buf[i * r : i1 * r] = new.reshape(-1)
-    U = buf[: m * r].view(m, r)
-    lam = S[:r].square().to(A.dtype)
-    info = {"rank": r, "error_estimate": None, "history": [], "block_size": block_size}
-    return U, lam, info
+    return buf[: m * r].view(m, r), S[:r], Zh[:r]

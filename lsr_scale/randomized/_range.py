@@ -138,6 +138,22 @@ class RangeFinder:
         Ub, S, Vh = torch.linalg.svd(self.Bt.T, full_matrices=False)
         return self.Q @ Ub[:, :rank], S[:rank], Vh[:rank]
 
+    def svd_in_place(self, rank: int | None = None):
+        """:meth:`svd` computed over the storage of ``Bt``, which it consumes: besides it,
+        nothing ``n x k`` is allocated (``Vh`` is a view of that storage). The finder cannot
+        be used afterwards."""
+        from ._lowrank import tall_svd_inplace
+
+        rank = self.rank if rank is None else rank
+        Bt = self.Bt.contiguous()
+        self._Bt = self._svd_bt = None
+        m, k = Bt.shape
+        V, S, Zh = tall_svd_inplace(Bt.view(-1), m, k, rank, drop_zero=False)
+        # Q^T A = Bt^T = Zh^T S V^T: U = Q Zh^T
+        U = self.Q @ Zh.T.to(self.Q.dtype)
+        self.Q = None
+        return U, S.to(V.dtype), V.T
+
     def _factors(self):
         # Bt = A^T Q = V S W^T, so A ~= Q Q^T A = (Q W) S V^T.
         if self._svd_bt is None:
@@ -262,8 +278,11 @@ def randomized_svd(A, rank, oversample=10, power_iters=0, generator=None, *, blo
     -----
     Algorithm 5.1 of [1]_: ``Q`` from :func:`randomized_range_finder`, then
     ``B = Q^T A`` computed as ``(A^T Q)^T`` (``rank + oversample`` products with ``A^T``,
-    blocked by ``block_size``), the small SVD ``B = Ub S Vh`` and ``U = Q Ub``, truncated to
-    ``rank``. Total cost: ``(rank + oversample) (power_iters + 1)`` column products with
+    blocked by ``block_size``), the SVD ``B = Ub S Vh`` and ``U = Q Ub``, truncated to
+    ``rank``. The SVD of the ``n x (rank + oversample)`` matrix ``A^T Q`` runs over its own
+    storage (:func:`~lsr_scale.randomized.tall_svd_inplace`: a TSQR in float64, then ``Vh``
+    written in place), so the only ``n``-sized block alive is that one; ``Vh`` is a view of
+    it. Total cost: ``(rank + oversample) (power_iters + 1)`` column products with
     ``A`` and as many with ``A^T``.
 
     References
@@ -289,4 +308,4 @@ def randomized_svd(A, rank, oversample=10, power_iters=0, generator=None, *, blo
     )
     ell = min(rank + oversample, *A.shape)
     with torch.no_grad():
-        return _finder(A, ell, power_iters, generator, block_size).svd(rank)
+        return _finder(A, ell, power_iters, generator, block_size).svd_in_place(rank)

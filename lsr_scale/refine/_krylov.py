@@ -398,7 +398,7 @@ class Krylov(Method):
             "times": times,
             "stop": _stop_text(res),
         }
-        _warn_maxiter(res, info["stop"])
+        _warn_maxiter(res, info["stop"], preconditioned=rank is not None)
         return res.x, info
 
     def _solve_parameter(self, problem, A, b, spec):
@@ -503,7 +503,9 @@ class Krylov(Method):
                 "best_rel_l2": monitor.best_err,
             }
         if not interrupted and monitor.reason is None:
-            _warn_maxiter(res, stop, validated=bool(monitor.val_history))
+            _warn_maxiter(
+                res, stop, validated=bool(monitor.val_history), preconditioned=M is not None
+            )
         return x, info
 
     def _load_checkpoint(self):
@@ -622,16 +624,19 @@ def _name(dtype) -> str:
 
 
 def _stop_text(res):
+    if int(res.istop) == 7:  # the solver's generic advice is replaced by _warn_maxiter's
+        return "7: the iteration limit was reached before convergence"
     return f"{int(res.istop)}: {res.message}"
 
 
-def _warn_maxiter(res, stop, validated: bool = False):
+def _warn_maxiter(res, stop, validated: bool = False, preconditioned: bool = True):
     if int(res.istop) == 7:
-        hint = (
-            "the validation error had not stopped improving: raise maxiter"
-            if validated
-            else "raise maxiter, pass validation= to refine, or loosen atol/btol"
-        )
+        if validated:
+            hint = "the validation error had not stopped improving: raise maxiter"
+        elif preconditioned:
+            hint = "raise maxiter, pass validation= to refine, or loosen atol/btol"
+        else:
+            hint = "use a preconditioner (the default), raise maxiter, or loosen atol/btol"
         warnings.warn(
             f"Krylov: stopped at maxiter={res.itn} before any stopping rule was met ({stop}); "
             + hint,

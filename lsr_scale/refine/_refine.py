@@ -123,7 +123,10 @@ def _make_plan(
     m = sum(v.numel() * (2 if v.is_complex() else 1) for v in theta.values())
     if residual_fn is not None:
         with torch.no_grad():
-            n = int(residual_fn(theta).numel())
+            f0 = residual_fn(theta)
+        if not isinstance(f0, torch.Tensor):
+            raise TypeError(f"residual_fn: expected it to return a Tensor, got {type(f0).__name__}")
+        n = int(f0.numel())
         rows, act = measure(None, residual_fn=residual_fn, theta=theta)
     else:
         n = int(targets.numel())

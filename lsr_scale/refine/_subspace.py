@@ -275,7 +275,9 @@ class Subspace(Method):
             # dtype); the basis (basis_dtype) replaces them, so it never adds to that peak
             return {"basis": 2 * m_eff * r * z.s + 3 * r * r * 8, "product": z.product(z.batch)}
         k = min(r + self.oversample, z.n, m_eff)
-        parts = {"basis": 3 * m_eff * k * z.s, "product": z.product(k)}
+        # one m x (k + p) block: the test vectors, then A^T Q, whose SVD runs in its storage
+        # and leaves P there; two while a batch of A^T Q columns is stacked
+        parts = {"basis": m_eff * k * z.s, "product": z.product(k)}
         dense = z.n * r * z.s
         if self.reduced == "dense" or (self.reduced == "auto" and dense <= self.max_dense_bytes):
             parts["reduced"] = 3 * dense
@@ -286,46 +288,34 @@ class Subspace(Method):
     def adapt(self, z, fits):
         """Settings that fit: ``(method, changes)``, ``fits(method) -> bool`` deciding.
 
-        The levers, in order (each kept once taken): (1) the streamed route
-        (``range_finder="streamed"``: two ``m x k`` blocks while the basis is built and
-        ``k x k`` Grams, instead of three ``m x (k + p)`` blocks and the ``n x k`` reduced
-        matrix); (2) the largest rank that fits. With
-        ``rank="auto"`` (the streamed route takes a fixed rank) only the largest candidate
-        is lowered. Each change is a dict with ``setting``, ``from``, ``to``, ``reason``.
+        The lever is the rank: the largest that fits (with ``rank="auto"``, the largest
+        candidate ranks). The default route already holds a single ``m x (k + p)`` block
+        (its SVD runs in place) and switches its reduced problem to LSMR when ``n x k``
+        exceeds ``max_dense_bytes``; the streamed route (two ``m x k`` blocks while its
+        basis is built) is no leaner, so it is not a lever. Each change is a dict with
+        ``setting``, ``from``, ``to``, ``reason``.
         """
-        shape = (z.n, z.m)
-        k0 = min(self.resolved_rank(shape), z.n, z.m)
-        cur, changes = self, []
+        k0 = min(self.resolved_rank((z.n, z.m)), z.n, z.m)
         if self.rank == "auto":
             cands = self.rank_candidates or tuple(_rank_grid(k0))
             best = largest(lambda k: fits(replace(self, rank_candidates=_capped(cands, k))), k0)
-            if best >= 1:
-                capped = _capped(cands, best)
-                changes.append({
-                    "setting": "Subspace.rank_candidates", "from": list(cands),
-                    "to": list(capped), "reason": "the largest candidate ranks that fit",
-                })  # fmt: skip
-                cur = replace(self, rank_candidates=capped)
-            return cur, changes
-        if self.range_finder == "dense" and self.subspace == "residual" and self.rcond is None:
-            cur = replace(self, range_finder="streamed", rank=k0, oversample=0, power_iters=0)
-            if self.reduced == "dense" or self.reduced == "lsmr":
-                cur = replace(cur, reduced="auto")
-            changes.append({
-                "setting": "Subspace.range_finder", "from": "dense", "to": "streamed",
-                "reason": "two m x k blocks and k x k Grams instead of three m x (k + p) blocks "
-                "and the n x k reduced matrix (k test vectors for rank k: no oversampling)",
-            })  # fmt: skip
-            if fits(cur):
-                return cur, changes
-        best = largest(lambda k: fits(replace(cur, rank=k)), k0)
-        if best >= 1:
-            changes.append({
-                "setting": "Subspace.rank", "from": k0, "to": best,
-                "reason": "the largest rank that fits",
-            })  # fmt: skip
-            cur = replace(cur, rank=best)
-        return cur, changes
+            if best < 1:
+                return self, []
+            capped = _capped(cands, best)
+            change = {
+                "setting": "Subspace.rank_candidates", "from": list(cands), "to": list(capped),
+                "reason": "the largest candidate ranks that fit",
+            }  # fmt: skip
+            return replace(self, rank_candidates=capped), [change]
+        best = largest(lambda k: fits(replace(self, rank=k)), k0)
+        if best < 1:
+            return self, []
+        change = {
+            "setting": "Subspace.rank", "from": k0, "to": best,
+            "reason": "the largest rank that fits (a smaller subspace: less accurate, or "
+            "less noise)",
+        }  # fmt: skip
+        return replace(self, rank=best), [change]
 
     def check_problem(self, *, has_data: bool) -> None:
         if self.subspace == "output" and self.subspace_inputs is None and not has_data:
@@ -401,7 +391,7 @@ class Subspace(Method):
                 generator=problem.generator,
                 block_size=batch,
             )
-            P = Vh.T / S  # P = V_k diag(1/S_k)
+            P = Vh.T.div_(S)  # P = V_k diag(1/S_k), over Vh's storage (no m x k copy)
         info["rank"] = k
         info["singular_values"] = S.detach().cpu()
         # ---------------------------------------------------------- reduced problem
@@ -460,7 +450,7 @@ class Subspace(Method):
                     generator=problem.generator,
                     block_size=batch,
                 )
-                P = Vh.T / S
+                P = Vh.T.div_(S)
                 info["singular_values"] = S.detach().cpu()
         problem.stage(
             "reduced problem (streamed)", total=2 * P.shape[1] + 1, done=product_counter(J)
