@@ -249,8 +249,11 @@ class NystromPreconditioner(Preconditioner):
         # I + Q diag(d - 1) Q^T = I + U_b K U_b^T with K = R^-1 diag(d - 1) R^-T.
         ell = U.shape[1]
         G = torch.zeros((ell, ell), dtype=torch.float64, device=self.device)
-        for i in range(0, U.shape[0], 65536):
-            Ui = torch.cat([B[i : i + 65536].to(torch.float64) for B in self.blocks], dim=1)
+        step = 8192  # rows per float64 slab: 20 MB at l = 310
+        for i in range(0, U.shape[0], step):
+            Ui = torch.cat(
+                [B[i : i + step].to(torch.float64) for B in self.blocks if B.shape[1]], dim=1
+            )
             G += Ui.T @ Ui
         eye = torch.eye(ell, dtype=torch.float64, device=self.device)
         self.gamma = float(torch.linalg.matrix_norm(G - eye, ord=2))

@@ -73,13 +73,19 @@ def blocked_apply(
     k = X.shape[1]
     if k == 0:
         return apply(X), block_size
-    parts = []
+    out = {}
 
     def step(j0, j1):
-        parts.append(apply(X if (j0, j1) == (0, k) else X[:, j0:j1].contiguous()))
+        Yb = apply(X if (j0, j1) == (0, k) else X[:, j0:j1].contiguous())
+        if (j0, j1) == (0, k):
+            out["Y"] = Yb
+            return
+        if "Y" not in out:  # the blocks fill one result: never the blocks and a copy at once
+            out["Y"] = Yb.new_empty((Yb.shape[0], k))
+        out["Y"][:, j0:j1] = Yb
 
     size = run_blocks(k, block_size, step, what=what, setting=setting, device=X.device)
-    Y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    Y = out["Y"]
     if block_size is None and size >= k:
         return Y, None
     return Y, size
