@@ -95,36 +95,13 @@ def available_bytes(device=None) -> int:
     return 2**62
 
 
-def activation_bytes_per_row(model: torch.nn.Module, inputs, rows: int = 8) -> float:
-    """Bytes autograd saves per data row in one forward pass (the cached VJP's share).
+def activation_bytes(fn, theta: dict) -> float:
+    """Bytes autograd saves in one evaluation of ``fn(params)``, plus its output's.
 
-    Runs the model once on the first ``rows`` rows with gradients enabled and counts the
-    tensors saved for the backward pass (``torch.autograd.graph.saved_tensors_hooks``),
-    parameters excluded.
-    """
-    inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
-    rows = max(1, min(int(rows), int(inputs[0].shape[0])))
-    # fresh leaves for the parameters: the model's own tensors are not touched
-    params = {k: v.detach().requires_grad_() for k, v in model.named_parameters()}
-    ptrs = {v.data_ptr() for v in params.values()}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        if t.data_ptr() not in ptrs:
-            seen[t.data_ptr()] = max(seen.get(t.data_ptr(), 0), t.numel() * t.element_size())
-        return t
-
-    small = tuple(x[:rows] for x in inputs)
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = torch.func.functional_call(model, params, small)
-    return (sum(seen.values()) + out.numel() * out.element_size()) / rows
-
-
-def activation_bytes(residual_fn, theta: dict) -> float:
-    """Bytes autograd saves in one evaluation of ``residual_fn(theta)`` (all its rows).
-
-    The ``residual_fn`` counterpart of :func:`activation_bytes_per_row`: the function runs
-    once on fresh leaves for the parameters, and the saved tensors are counted.
+    ``fn`` runs once on fresh leaves for the parameters ``theta`` (the caller's tensors are
+    not touched) with gradients enabled; the tensors saved for the backward pass
+    (``torch.autograd.graph.saved_tensors_hooks``) are counted, parameters excluded. For a
+    ``residual_fn`` this is all its rows (:func:`activation_bytes_per_row` divides by rows).
     """
     params = {k: v.detach().requires_grad_() for k, v in theta.items()}
     ptrs = {v.data_ptr() for v in params.values()}
@@ -136,8 +113,19 @@ def activation_bytes(residual_fn, theta: dict) -> float:
         return t
 
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = residual_fn(params)
+        out = fn(params)
     return float(sum(seen.values()) + out.numel() * out.element_size())
+
+
+def activation_bytes_per_row(model: torch.nn.Module, inputs, rows: int = 8) -> float:
+    """Bytes autograd saves per data row in one forward pass (the cached VJP's share):
+    :func:`activation_bytes` of the model on its first ``rows`` rows, per row."""
+    inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+    rows = max(1, min(int(rows), int(inputs[0].shape[0])))
+    small = tuple(x[:rows] for x in inputs)
+    theta = dict(model.named_parameters())
+    total = activation_bytes(lambda p: torch.func.functional_call(model, p, small), theta)
+    return total / rows
 
 
 def choose_block(m: int, dtype, device, *, limit: int = 64, free: int | None = None) -> int:
