@@ -17,7 +17,10 @@ The same trained networks, the same machine, one row per tool:
 
 Problems: the demo MLP (trained as ``lsr-scale demo`` does), the paper-size function MLP
 (committed checkpoint), the Burgers DeepONet (committed checkpoint) and the Poisson PINN
-(committed checkpoint, CPU-scaled case).
+(committed checkpoint, CPU-scaled case). The classification peers (continued Adam, L-BFGS, a
+linear probe, the last layer alone, against ``loss="cross_entropy"``) are rows of
+``bench/classification.py``: their measure is test accuracy and training cross-entropy, not
+this table's relative L2.
 
 Each row runs in a fresh subprocess (so its peak memory is its own) and is written to
 ``bench/results/peers_cpu.json`` as soon as it exists; a rerun resumes from the recorded rows.

@@ -260,3 +260,27 @@ def test_legacy_keywords_that_never_applied_are_refused():
             ls.refine(model, data=(x, y), ranks=5)
         with pytest.raises(TypeError, match="precond_rank: applies to the Nystrom"):
             ls.refine(model, data=(x, y), method="krylov", preconditioner="jacobi", precond_rank=3)
+
+
+def test_solve_reduced_retries_a_float32_svd_that_does_not_converge(monkeypatch):
+    """LAPACK's float32 SVD can fail to converge (seen with MKL): float64 then, warned."""
+    from lsr_scale.refine import solve_reduced
+
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(50, 8, generator=g)
+    b = torch.randn(50, generator=g)
+    svd = torch.linalg.svd
+
+    def flaky(M, *a, **kw):
+        if M.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+        return svd(M, *a, **kw)
+
+    monkeypatch.setattr(torch.linalg, "svd", flaky)
+    with pytest.warns(RuntimeWarning, match="computed in float64 instead"):
+        c = solve_reduced(A, b)
+    ref = torch.linalg.lstsq(A.double(), b.double()[:, None]).solution[:, 0]
+    assert c.dtype == torch.float32 and torch.allclose(c.double(), ref, atol=1e-5)
+    with pytest.raises(torch.linalg.LinAlgError):  # float64 has nothing to fall back to
+        monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: flaky(a[0].float()))
+        solve_reduced(A.double(), b.double())

