@@ -131,8 +131,8 @@ def test_a_slow_phase_prints_moving_counts_and_an_eta(problem, capsys, monkeypat
     monkeypatch.setattr(_progress, "LINE_INTERVAL", 0.05)
     orig = _krylov._Monitor.__call__
 
-    def slow(self, x):  # 20 ms per LSMR iteration
-        time.sleep(0.02)
+    def slow(self, x):  # the monitor runs every check_every (10) iterations: 0.2 s each
+        time.sleep(0.2)
         return orig(self, x)
 
     monkeypatch.setattr(_krylov._Monitor, "__call__", slow)
