@@ -68,9 +68,6 @@ class NystromPreconditioner(Preconditioner):
         no power iterations, not adaptive): the basis is computed inside one ``m x (l + p)``
         buffer of ``basis_dtype``, so the build never holds two ``m x (l + p)`` blocks nor
         one in the working precision. All of ``U`` is then stored in ``basis_dtype``.
-    floor : float, optional
-        With ``streamed``: drop the directions with ``sigma_i < floor * sigma_1`` during the
-        build (see :meth:`truncate`).
     block_size : int, optional
         At most this many columns per product with ``A`` / ``A^T`` during the build (bounds
         the memory of Jacobian operators). Default: a whole block of test vectors at once.
@@ -167,7 +164,6 @@ class NystromPreconditioner(Preconditioner):
         basis_dtype=None,
         block_size=None,
         streamed=False,
-        floor=None,
     ) -> None:
         A = as_operator(A)
         damp = check_tolerance(damp, "damp")
@@ -182,33 +178,19 @@ class NystromPreconditioner(Preconditioner):
                 f"power_iters=0 and adaptive=False, got method={method!r}, "
                 f"power_iters={power_iters}, adaptive={adaptive}"
             )
-        if streamed:
-            with torch.no_grad(), self._recording(A):
+        with torch.no_grad(), self._recording(A):
+            if streamed:  # the basis built inside one buffer of basis_dtype
                 U, lam, info = lowrank_gram_streamed(
-                    A,
-                    rank,
-                    oversample=oversample,
-                    generator=generator,
-                    block_size=block_size,
-                    storage_dtype=basis_dtype,
-                    floor=floor,
-                )
-                self._set_basis(U, lam, basis_dtype, stored=True)
-        else:
-            with torch.no_grad(), self._recording(A):
+                    A, rank, oversample=oversample, generator=generator,
+                    block_size=block_size, storage_dtype=basis_dtype,
+                )  # fmt: skip
+            else:
                 U, lam, info = lowrank_gram(
-                    A,
-                    rank,
-                    method=method,
-                    oversample=oversample,
-                    power_iters=power_iters,
-                    generator=generator,
-                    adaptive=adaptive,
-                    tol=tol,
-                    max_rank=max_rank,
+                    A, rank, method=method, oversample=oversample, power_iters=power_iters,
+                    generator=generator, adaptive=adaptive, tol=tol, max_rank=max_rank,
                     block_size=block_size,
-                )
-                self._set_basis(U, lam, basis_dtype)
+                )  # fmt: skip
+            self._set_basis(U, lam, basis_dtype, stored=streamed)
         self.basis_dtype = basis_dtype
         self.streamed = bool(streamed)
         self.rank = int(info["rank"])

@@ -213,7 +213,6 @@ def lowrank_gram_streamed(
     generator=None,
     block_size=None,
     storage_dtype=None,
-    floor=None,
 ):
     """The randomized-SVD eigen-approximation of :func:`lowrank_gram`, memory-bounded.
 
@@ -231,7 +230,7 @@ def lowrank_gram_streamed(
        the dense build's (for the rounded ``Bt``);
     4. ``U = Bt Z_r S_r^-1`` is written over the buffer, row chunk by row chunk, in place.
 
-    Directions below ``floor * s_1`` (default: none, as in the dense build) are dropped.
+    Directions with ``s_i = 0`` are dropped.
     The rounding of ``Bt`` to ``storage_dtype`` perturbs ``A^T A`` by about
     ``eps(storage_dtype) sigma_1^2``: directions with ``sigma_i`` near
     ``eps(storage_dtype) sigma_1`` are approximated less well than by the dense build,
@@ -278,15 +277,13 @@ def lowrank_gram_streamed(
         del Z
     del Q
     # 3.-4. the SVD of Bt, its right factor written over the buffer
-    U, S, _ = tall_svd_inplace(buf, m, k, rank, floor=floor)
+    U, S, _ = tall_svd_inplace(buf, m, k, rank)
     lam = S.square().to(A.dtype)
     info = {"rank": int(S.numel()), "error_estimate": None, "history": [], "block_size": block_size}
     return U, lam, info
 
 
-def tall_svd_inplace(
-    buf: torch.Tensor, m: int, k: int, rank: int, *, floor=None, drop_zero: bool = True
-):
+def tall_svd_inplace(buf: torch.Tensor, m: int, k: int, rank: int, *, drop_zero: bool = True):
     """``(V, S, Zh)``: the top ``r <= rank`` left singular vectors and values of the ``m x k``
     matrix ``B`` stored row-major in the flat buffer ``buf``, ``V`` written over it, and the
     right singular vectors ``Zh`` (``r x k``): ``B ~= V diag(S) Zh``.
@@ -296,8 +293,8 @@ def tall_svd_inplace(
     stored in place: chunk ``i`` is read before it is written, and its new rows
     ``[i r, (i + c) r)`` lie below the old rows of the chunks still to come. ``V`` is an
     ``m x r`` view of the front of ``buf`` (its dtype); ``S`` and ``Zh`` are float64.
-    With ``drop_zero``, directions with ``S = 0`` or below ``floor * S[0]`` are dropped
-    (``r`` at least 1); without it ``r = rank`` (a zero ``S`` gives a zero column).
+    With ``drop_zero``, directions with ``S = 0`` are dropped (``r`` at least 1); without it
+    ``r = rank`` (a zero ``S`` gives a zero column).
     Nothing ``m x k`` is allocated besides ``buf``.
     """
     f64 = torch.float64
@@ -308,8 +305,7 @@ def tall_svd_inplace(
     _, S, Zh = torch.linalg.svd(R)
     r = min(rank, k)
     if drop_zero:
-        keep = S > (0.0 if not floor else float(floor) * float(S[0]))
-        r = max(1, min(r, int(keep.sum())))
+        r = max(1, min(r, int((S > 0).sum())))
     T = Zh[:r].T / S[:r].clamp_min(torch.finfo(f64).tiny)  # k x r
     for i in range(0, m, _STREAM_ROWS):
         i1 = min(m, i + _STREAM_ROWS)

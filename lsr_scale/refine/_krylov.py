@@ -252,12 +252,15 @@ class Krylov(Method):
             spec = spec.nystrom if (space == "sample" or self.target_rank) else spec.choose(shape)
         if not isinstance(spec, Nystrom):
             return None
+        return self._fill_nystrom(spec, shape, product_dtype, model_dtype)
+
+    def _fill_nystrom(self, spec, shape, product_dtype, model_dtype):
+        """``spec`` with the rank and (parameter space) basis storage it left unset."""
         if spec.rank is None:
             spec = dataclasses.replace(spec, rank=self.precond_rank(shape, spec))
-        if spec.basis_dtype is None and space == "parameter":
-            spec = dataclasses.replace(
-                spec, basis_dtype=self.basis_dtype(product_dtype, model_dtype)
-            )
+        if spec.basis_dtype is None and self.resolved_space(shape) == "parameter":
+            bdt = self.basis_dtype(product_dtype, model_dtype)
+            spec = dataclasses.replace(spec, basis_dtype=bdt)
         return spec
 
     def solve_dtype(self, product_dtype):
@@ -352,11 +355,8 @@ class Krylov(Method):
             )
         if mixed and isinstance(spec, Nystrom) and spec.floor is None:
             spec = dataclasses.replace(spec, floor=noise_floor(J.dtype))
-        if isinstance(spec, Nystrom) and spec.rank is None:
-            spec = dataclasses.replace(spec, rank=self.precond_rank(J.shape, spec))
-        if isinstance(spec, Nystrom) and spec.basis_dtype is None and space == "parameter":
-            bdt = self.basis_dtype(J.dtype, problem.model_dtype)
-            spec = dataclasses.replace(spec, basis_dtype=bdt)
+        if isinstance(spec, Nystrom):
+            spec = self._fill_nystrom(spec, J.shape, J.dtype, problem.model_dtype)
         info: dict = {"space": space, "rank": None, "precision": "mixed" if mixed else str(A.dtype)}
         if problem.model_dtype is not None:
             info["precision_choice"] = self.precision_choice(
