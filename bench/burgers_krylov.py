@@ -1,6 +1,8 @@
 """Burgers DeepONet: Krylov LSR on the float32 baseline, as a user would call it.
 
     python bench/burgers_krylov.py [--baseline viscid_tanh] [--configs defaults maxiter1000 ...]
+    python bench/burgers_krylov.py --baseline viscid_multionet_tanh --threads 1 \
+        --configs defaults maxiter1000 nys1000 nys2000 nys4000   # docs/results/multionet.json
 
 Every run refines the float32 model through ``refine(view, data=(u, s), method=Krylov(...))``
 (the default precision: float64 products on a private copy) on the 1,000 training functions
@@ -19,13 +21,16 @@ import time
 from pathlib import Path
 
 import torch
-from burgers_rank_curve import BASELINES, errors  # bench/ is on sys.path when run
+from burgers_rank_curve import (  # bench/ is on sys.path when run
+    BASELINES,
+    build_net,
+    errors,
+    results_json,
+)
 
 import lsr_scale as ls
 from lsr_scale._utils import PeakMemory
-from lsr_scale.models import DeepONet
 from lsr_scale.problems._burgers import BurgersProblem, DeepONetGrid
-from lsr_scale.problems._checkpoint import checkpoint_path, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 JSON = ROOT / "docs" / "results" / "burgers_krylov.json"
@@ -38,19 +43,20 @@ CONFIGS = {  # name: the method; every run gets validation=
     "maxiter1000": ls.Krylov(maxiter=1000),
     "nys1000": ls.Krylov(preconditioner=ls.precond.Nystrom(rank=1000), maxiter=1000),
     "nys2000": ls.Krylov(preconditioner=ls.precond.Nystrom(rank=2000), maxiter=1000),
+    "nys4000": ls.Krylov(preconditioner=ls.precond.Nystrom(rank=4000), maxiter=2000),
     "plain": ls.Krylov(preconditioner=None, maxiter=6000, check_every=25, patience=8),
 }
 
 
-def load_rows():
-    return json.loads(JSON.read_text()) if JSON.exists() else []
+def load_rows(path: Path = JSON):
+    return json.loads(path.read_text()) if path.exists() else []
 
 
-def save_row(row):
+def save_row(row, path: Path = JSON):
     key = (row["config"], row["baseline"])
-    rows = [r for r in load_rows() if (r["config"], r["baseline"]) != key]
-    JSON.parent.mkdir(parents=True, exist_ok=True)
-    JSON.write_text(json.dumps(rows + [row], indent=1) + "\n")
+    rows = [r for r in load_rows(path) if (r.get("config"), r["baseline"]) != key]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows + [row], indent=1) + "\n")
 
 
 def run(baseline: str, names: list[str]) -> None:
@@ -58,13 +64,13 @@ def run(baseline: str, names: list[str]) -> None:
     prob = BurgersProblem(dataset=dataset)  # float32, the data the baseline was trained on
     val = BurgersProblem(dataset=dataset, n_train=1, n_test=100, seed=12345)
     torch.manual_seed(prob.seed)
-    net = DeepONet([128] + [128] * 4, [1] + [128] * 4, activation=act)
-    meta = load_checkpoint(net, checkpoint_path(name))
+    net, meta = build_net(baseline)
+    out = results_json(baseline)
     view = DeepONetGrid(net, y=prob.y)
     with torch.no_grad():
         trained = errors(view(prob.u_test), prob.s_test)
     m = sum(p.numel() for p in net.parameters())
-    done = {(r["config"], r["baseline"]) for r in load_rows()}
+    done = {(r.get("config"), r["baseline"]) for r in load_rows(out)}
     todo = {k: v for k, v in CONFIGS.items() if k in names}
     common = dict(baseline=name, activation=act, dataset=dataset, n=prob.n_train * 128, m=m,
                   model_dtype="float32", trained_rel_l2=trained[0],
@@ -109,9 +115,10 @@ def run(baseline: str, names: list[str]) -> None:
             validation=info.get("validation"),
             validation_set="100 held-out functions, seed 12345",
             solver_istop=getattr(solver, "istop", None),
+            quick=False,
             **common,
         )
-        save_row(row)
+        save_row(row, out)
         print(
             f"{cfg}: test {agg:.3e} (mean {mean:.3e}, {trained[1] / mean:.2f}x), "
             f"{row['iterations']} it, {wall:.0f} s, peak {pm.peak_bytes / 2**30:.2f} GiB, "

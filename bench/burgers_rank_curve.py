@@ -27,7 +27,7 @@ import torch
 
 import lsr_scale as ls
 from lsr_scale._utils import PeakMemory
-from lsr_scale.models import DeepONet
+from lsr_scale.models import DeepONet, MultiONet
 from lsr_scale.problems._burgers import BurgersProblem, DeepONetGrid
 from lsr_scale.problems._checkpoint import checkpoint_path, load_checkpoint
 from lsr_scale.refine._streaming import (
@@ -46,6 +46,10 @@ PAPER_TANH = {1000: 1.02e-2, 2000: 7.2e-3, 3000: 5.6e-3, 5000: 4.1e-3, 7000: 2.6
               9000: 2.05e-3, 11000: 2.2e-3, 14000: 3.4e-3}  # fmt: skip
 PAPER_TANH_TRAINED = 1.08e-2
 PAPER_RELU = {"trained": 3.6e-3, 18000: 2.8e-4}
+# the authors' MultiONetCartesian_Tanh_p1 log (viscid data, all parameters, one GPU): mean rel. L2
+PAPER_MULTIONET = {"trained": 7.48e-3, 1000: 3.83e-3, 4000: 1.38e-3, 9000: 3.78e-4, 14000: 1.19e-4}
+PAPER_MULTIONET_MEM = {1000: 2.2e9, 4000: 8.8e9, 9000: 20.5e9, 14000: 32.4e9}
+PAPER_MULTIONET_TIME = {1000: 2.3, 4000: 10.6, 9000: 52.0, 14000: 158.0}
 RANKS = [250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 11000,
          14000, 18000]  # fmt: skip
 BASELINES = {  # checkpoint, activation, data set (BurgersProblem(dataset=...))
@@ -55,24 +59,48 @@ BASELINES = {  # checkpoint, activation, data set (BurgersProblem(dataset=...))
     "viscid_tanh": ("burgers_viscid_authors_tanh", "tanh", "viscid"),
     "viscid_relu": ("burgers_viscid_authors_relu", "relu", "viscid"),
     "viscid_tanh_4k": ("burgers_viscid_authors_tanh_4k", "tanh", "viscid"),
+    "viscid_multionet_tanh": ("burgers_viscid_authors_tanh_multionet", "tanh", "viscid"),
 }
+MULTIONET_JSON = ROOT / "docs" / "results" / "multionet.json"
 
 
-def load_rows():
-    return json.loads(JSON.read_text()) if JSON.exists() else []
+def build_net(baseline: str, dtype=torch.float32):
+    """The baseline's network with its trained weights, and the checkpoint's metadata.
+
+    ``viscid_multionet_*`` baselines are ``MultiONet([128 | 1, 64 x 5])``
+    (``bench/train_burgers_authors.py --arch multionet``); the others our DeepONet
+    ``[128 | 1, 128 x 4]``.
+    """
+    name, act, _ = BASELINES[baseline]
+    if "multionet" in baseline:
+        net = MultiONet([128] + [64] * 5, [1] + [64] * 5, activation=act)
+    else:
+        net = DeepONet([128] + [128] * 4, [1] + [128] * 4, activation=act)
+    net = net.to(dtype)
+    return net, load_checkpoint(net, checkpoint_path(name))
 
 
-def save_row(row):
-    rows = load_rows()
+def results_json(baseline: str) -> Path:
+    """Where a baseline's rows go: the MultiONet's to ``docs/results/multionet.json``."""
+    return MULTIONET_JSON if "multionet" in baseline else JSON
+
+
+def load_rows(path: Path = JSON):
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def save_row(row, path: Path = JSON):
+    rows = load_rows(path)
     rows = [r for r in rows if _key(r) != _key(row)] + [row]
-    JSON.parent.mkdir(parents=True, exist_ok=True)
-    JSON.write_text(json.dumps(rows, indent=1) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 def _key(r):
     return (
         r["method"],
         r["baseline"],
+        r.get("config"),
         r.get("fraction"),
         r.get("rank"),
         r.get("kmax"),
@@ -101,8 +129,7 @@ def setup(baseline: str, fraction: float | None, chunk: int, seed: int) -> Simpl
     name, act, dataset = BASELINES[baseline]
     prob = BurgersProblem(dataset=dataset, dtype=torch.float64)
     torch.manual_seed(prob.seed)
-    net = DeepONet([128] + [128] * 4, [1] + [128] * 4, activation=act).double()
-    meta = load_checkpoint(net, checkpoint_path(name))
+    net, meta = build_net(baseline, torch.float64)
     view = DeepONetGrid(net, y=prob.y)
     J = ls.JacobianOperator.from_module(
         view, (prob.u_train,), prob.s_train, chunk_size=chunk, batch_size=64
@@ -130,15 +157,22 @@ def run(
     st = STATE / tag
     st.mkdir(parents=True, exist_ok=True)
     trained = errors(q0, prob.s_test)
-    common = dict(baseline=name, activation=act, dataset=dataset, fraction=fraction, kmax=kmax,
+    out = results_json(baseline)
+    multi = "multionet" in baseline
+    paper_trained = PAPER_TANH_TRAINED if act == "tanh" else PAPER_RELU["trained"]
+    paper_curve = PAPER_TANH if act == "tanh" and not fraction else {}
+    if multi:
+        paper_trained, paper_curve = PAPER_MULTIONET["trained"], PAPER_MULTIONET
+    common = dict(baseline=name, arch="multionet" if multi else "deeponet", quick=False,
+                  activation=act, dataset=dataset, fraction=fraction, kmax=kmax,
                   seed=seed, n=n, m=m, m_refined=Jm.shape[1], dtype="float64 products/accumulation",
                   basis_dtype="float32", chunk_rows=chunk * 128)  # fmt: skip
     save_row(dict(method="trained", rel_l2=trained[0], mean_rel_l2=trained[1], rank=None,
                   iterations=None, wall_s=meta.get("train_wall_s"), peak_mem_bytes=None,
-                  paper=PAPER_TANH_TRAINED if act == "tanh" else PAPER_RELU["trained"],
+                  paper=paper_trained,
                   train_meta={k: meta.get(k) for k in ("recipe", "epochs", "train_wall_s",
                                                         "train_rel_l2")},
-                  **common))  # fmt: skip
+                  **common), out)  # fmt: skip
     times = json.loads((st / "times.json").read_text()) if (st / "times.json").exists() else {}
     with PeakMemory("cpu") as pm:
         f_basis = st / "basis.pt"
@@ -201,9 +235,9 @@ def run(
         save_row(dict(method=meth, rel_l2=agg, mean_rel_l2=mean, rank=k,
                       rank_used=kk, iterations=None, wall_s=wall, peak_mem_bytes=peak,
                       train_loss=float(tl[kk - 1]) / n if kk else bb / n,
-                      paper=PAPER_TANH.get(k) if act == "tanh" and not fraction else None,
+                      paper=paper_curve.get(k),
                       products={"jvp": prods[0], "vjp": prods[1], "test_jvp": P.shape[1]},
-                      times=times, rank_cap=sinfo["rank_cap"], **common))  # fmt: skip
+                      times=times, rank_cap=sinfo["rank_cap"], **common), out)  # fmt: skip
         print(f"k={k}: test {agg:.3e} (mean {mean:.3e}), train loss {float(tl[kk - 1]) / n:.3e}")
     # the spectrum estimate (diag of R_B, sample order), for the filter figure's damp axis
     spec = ROOT / "docs" / "results" / f"burgers_spectrum_{tag}.json"

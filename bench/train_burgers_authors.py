@@ -1,6 +1,7 @@
 """Train Burgers DeepONet baselines with the authors' recipe (Cao & Zhang's training script).
 
     python bench/train_burgers_authors.py tanh relu [--dataset viscid] [--epochs 2000] [--threads 1]
+    python bench/train_burgers_authors.py tanh --dataset viscid --weight-decay 0 --arch multionet
 
 The recipe, read from their public repository (facts only, no code): Adam, learning rate
 1e-3, weight decay 1e-4 (Adam's coupled L2), a step schedule halving the rate every 500
@@ -27,21 +28,30 @@ from pathlib import Path
 
 import torch
 
-from lsr_scale.models import DeepONet
+from lsr_scale.models import DeepONet, MultiONet
 from lsr_scale.problems._burgers import BurgersProblem
 from lsr_scale.problems._checkpoint import checkpoint_path, save_checkpoint
 
 STATE_DIR = Path(__file__).resolve().parent / "results"
 
 
-def make_net(prob: BurgersProblem, activation: str) -> DeepONet:
+MULTIONET_WIDTH, MULTIONET_LAYERS = 64, 5  # 41,669 parameters; the last 4 layers summed
+
+
+def make_net(prob: BurgersProblem, activation: str, arch: str = "deeponet"):
+    """The seeded network: our Burgers DeepONet [128 | 1, 128 x 4], or the MultiONet
+    [128 | 1, 64 x 5] whose last four layers are summed (``arch="multionet"``)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(prob.seed)
-        net = DeepONet(
-            [prob.n_grid] + [prob.width] * prob.depth,
-            [1] + [prob.width] * prob.depth,
-            activation=activation,
-        )
+        if arch == "multionet":
+            w, d = MULTIONET_WIDTH, MULTIONET_LAYERS
+            net = MultiONet([prob.n_grid] + [w] * d, [1] + [w] * d, activation=activation)
+        else:
+            net = DeepONet(
+                [prob.n_grid] + [prob.width] * prob.depth,
+                [1] + [prob.width] * prob.depth,
+                activation=activation,
+            )
     return net.to(prob.dtype)
 
 
@@ -69,9 +79,12 @@ def train(
     weight_decay: float = 1e-4,
     step_size: int = 500,
     suffix: str = "",
+    arch: str = "deeponet",
 ) -> None:
     prob = BurgersProblem(dataset=dataset)  # float32, seed 0
-    net = make_net(prob, activation)
+    net = make_net(prob, activation, arch)
+    if arch != "deeponet":
+        suffix = f"_{arch}{suffix}"
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=0.5)
     g = torch.Generator().manual_seed(prob.seed + 1)
@@ -124,6 +137,8 @@ def train(
     te, te_mean = errors(net, prob.u_test, y, prob.s_test)
     meta = dict(
         workload="burgers",
+        arch=arch,
+        parameters=sum(p.numel() for p in net.parameters()),
         dataset=dataset,
         activation=activation,
         recipe=f"authors: Adam lr 1e-3, weight_decay {weight_decay:g}, "
@@ -159,6 +174,7 @@ def main() -> None:
         help="Adam's coupled L2 (1e-4 in their script; it stalls the viscid net at 15%% test "
         "error, so that baseline is trained with 0)",
     )
+    ap.add_argument("--arch", choices=["deeponet", "multionet"], default="deeponet")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -170,6 +186,7 @@ def main() -> None:
             weight_decay=a.weight_decay,
             step_size=a.step_size,
             suffix=a.suffix,
+            arch=a.arch,
         )
 
 

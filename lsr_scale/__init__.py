@@ -5,7 +5,7 @@ least-squares problem min ||G0 delta + f0|| is solved through Jacobian-vector pr
 (Cao & Zhang, arXiv 2601.13989, made matrix-free). See ``docs/`` for the user guide.
 """
 
-from . import cuda, distributed, losses, models, pde, precond, problems, sketch, testing
+from . import cuda, distributed, losses, models, pde, precond, problems, refine, sketch, testing
 from .cuda import show_config
 from .operators import JacobianOperator, LinearOperator, aslinearoperator
 from .randomized import randomized_range_finder, randomized_svd
@@ -18,7 +18,6 @@ from .refine import (
     Subspace,
     iterative_refine,
     plan,
-    refine,
 )
 from .solvers import SolverResult, StopReason, lsmr, lsqr
 

@@ -289,3 +289,23 @@ def test_krylov_auto_preconditioner_tall_uses_sketch_and_matches_lstsq():
     assert refined.info["preconditioner"]["name"] == "sketch"
     assert refined.info["iterations"] <= 30
     torch.testing.assert_close(refined.delta, ref, rtol=1e-7, atol=1e-7 * float(ref.norm()))
+
+
+def test_refine_is_both_the_module_and_the_function():
+    """``lsr_scale.refine`` names the subpackage and the function: the module is callable."""
+    import inspect
+
+    import lsr_scale.refine as r
+
+    assert r is ls.refine
+    assert r.default_rank is ls.refine.default_rank  # the module's building blocks
+    assert inspect.signature(ls.refine) == inspect.signature(r.refine)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    x = torch.randn(40, 2, dtype=torch.float64)
+    y = torch.sin(x[:, :1])
+    net = net.double()
+    kw = dict(data=(x, y), method=ls.Subspace(rank=10), progress_bar=False)
+    a = ls.refine(net, generator=torch.Generator().manual_seed(0), **kw)
+    b = r.refine(net, generator=torch.Generator().manual_seed(0), **kw)
+    torch.testing.assert_close(a(x), b(x))

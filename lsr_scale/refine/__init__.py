@@ -2,7 +2,15 @@
 
 :func:`refine` linearizes once and hands the problem to a method object
 (:class:`Subspace`, :class:`Krylov`); :class:`Products` says how Jacobian products are taken.
+
+``lsr_scale.refine`` is this module and it is callable: ``ls.refine(model, data=...)`` calls
+:func:`lsr_scale.refine.refine`, while ``import lsr_scale.refine as r`` gives the module with
+its building blocks (``r.default_rank``, ``r.solve_reduced``, ...).
 """
+
+import inspect as _inspect
+import sys as _sys
+import types as _types
 
 from ._iterative import IterativeResult, iterative_refine
 from ._krylov import Krylov
@@ -30,3 +38,15 @@ __all__ = [
     "solve_sample_space",
     "default_rank",
 ]
+
+
+class _CallableModule(_types.ModuleType):
+    """The type of ``lsr_scale.refine``: calling the module calls :func:`refine`, so the
+    package and the function share one name without one hiding the other."""
+
+    def __call__(self, *args, **kwargs):
+        return refine(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableModule
+__signature__ = _inspect.signature(refine)  # inspect.signature(ls.refine) names the arguments
