@@ -19,28 +19,19 @@ Writes JSON and markdown named for the device into ``bench/results/``::
 
     python bench/bench_batching.py            # batching_<device>.json/.md (CPU: ~5 min)
     python bench/bench_batching.py --refine   # fourier_refine_<device>.json (CPU: ~1 min)
-    python bench/bench_batching.py --quick    # smoke run of both, writes nothing
+    python bench/bench_batching.py --quick    # smoke run of both (_quick files)
     python bench/bench_batching.py --markdown # rewrite batching_<device>.md from its JSON
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
-import platform
-import statistics
-import subprocess
-import time
-from pathlib import Path
 
 import torch
 
 import lsr_scale as ls
+from lsr_scale.bench._harness import Record, parse_script, time_ratio
 from lsr_scale.models import MLP, DeepONet
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 # ---------------------------------------------------------------------- the Fourier model
@@ -119,22 +110,17 @@ def _workloads(quick: bool):
     yield "Fourier (FNO-sized)", desc, big, (u,), v, 16
 
 
-def _median_per_column(fns: dict, k: int, reps: int) -> dict:
-    """Median seconds per column of each callable, timed in alternation (order rotated)."""
-    for fn in fns.values():
-        fn()  # warm-up
-    times = {name: [] for name in fns}
-    names = list(fns)
-    for r in range(reps):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) / k for name, t in times.items()}
+def _per_column(what, ops, op, X, reps) -> dict:
+    """ms per column of ``op`` (``matmat`` or ``rmatmat``) with vmap and with the loop."""
+    k = X.shape[1]
+    t = time_ratio(lambda: getattr(ops["vmap"], op)(X), lambda: getattr(ops["loop"], op)(X),
+                   repeat=reps)  # fmt: skip
+    return {f"{what}_loop_ms": 1e3 * t["t_ref"] / k, f"{what}_vmap_ms": 1e3 * t["t"] / k,
+            f"{what}_vmap_over_loop": t["ratio"]}  # fmt: skip
 
 
-def bench_batching(quick: bool) -> list[dict]:
-    rows = []
+def bench_batching(rec: Record, quick: bool) -> None:
+    """Per-column JVP and VJP times, vmap against the loop timed in alternation (medians)."""
     reps = 1 if quick else 5
     for name, desc, model, inputs, targets, k in _workloads(quick):
         ops = {
@@ -143,37 +129,14 @@ def bench_batching(quick: bool) -> list[dict]:
         }
         n, m = ops["loop"].shape
         g = torch.Generator().manual_seed(1)
-        V = torch.randn(m, k, generator=g)
-        W = torch.randn(n, k, generator=g)
-        jvp = _median_per_column(
-            {b: (lambda J=J, V=V: J.matmat(V)) for b, J in ops.items()}, k, reps
-        )
-        vjp = _median_per_column(
-            {b: (lambda J=J, W=W: J.rmatmat(W)) for b, J in ops.items()}, k, reps
-        )
-        row = dict(
-            model=name,
-            description=desc,
-            n=n,
-            m=m,
-            complex_params=len(ops["loop"].complex_params) > 0,
-            k=k,
-            jvp_loop_ms=1e3 * jvp["loop"],
-            jvp_vmap_ms=1e3 * jvp["vmap"],
-            vjp_loop_ms=1e3 * vjp["loop"],
-            vjp_vmap_ms=1e3 * vjp["vmap"],
-        )
-        row["jvp_vmap_over_loop"] = row["jvp_vmap_ms"] / row["jvp_loop_ms"]
-        row["vjp_vmap_over_loop"] = row["vjp_vmap_ms"] / row["vjp_loop_ms"]
-        rows.append(row)
-        print(
-            f"{name:22s} n={n:6d} m={m:7d} k={k:3d}  JVP/col loop {row['jvp_loop_ms']:8.2f} ms "
-            f"vmap {row['jvp_vmap_ms']:8.2f} ms ({row['jvp_vmap_over_loop']:.2f}x)  VJP/col "
-            f"loop {row['vjp_loop_ms']:8.2f} ms vmap {row['vjp_vmap_ms']:8.2f} ms "
-            f"({row['vjp_vmap_over_loop']:.2f}x)",
-            flush=True,
-        )
-    return rows
+        V, W = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g)
+        row = dict(model=name, description=desc, n=n, m=m, k=k,
+                   complex_params=len(ops["loop"].complex_params) > 0)  # fmt: skip
+        for what, op, X in (("jvp", "matmat", V), ("vjp", "rmatmat", W)):
+            row.update(_per_column(what, ops, op, X, reps))
+        rec.add(row, key=("model", "n"))
+        ratios = f"{row['jvp_vmap_over_loop']:.2f}, VJP {row['vjp_vmap_over_loop']:.2f}"
+        print(f"{name:22s} n={n:6d} m={m:7d} k={k:3d}  JVP vmap/loop {ratios}", flush=True)
 
 
 # ---------------------------------------------------------------------- the refine
@@ -191,8 +154,8 @@ def fourier_example(steps: int = 150):
     return model, (u, y), (u_test, y_test)
 
 
-def bench_refine(quick: bool) -> dict:
-    """The refine at the default settings and with vmap batching: medians of alternating runs,
+def bench_refine(rec: Record, quick: bool) -> None:
+    """The refine at the default settings and with vmap batching, timed in alternation (medians),
     after a warm-up (torch registers its forward-AD decompositions on first use)."""
     model, (u, y), (u_test, y_test) = fourier_example(20 if quick else 150)
 
@@ -204,96 +167,30 @@ def bench_refine(quick: bool) -> dict:
     settings = {"default": None, "batching='vmap'": ls.Products(batching="vmap")}
     for products in settings.values():  # warm-up
         ls.refine(model, data=(u, y), method=ls.Subspace(rank=8), products=products)
+    refined = {}
+
+    def refine(label):
+        gen = torch.Generator().manual_seed(1)
+        refined[label] = ls.refine(model, data=(u, y), products=settings[label], generator=gen)
+
     reps = 1 if quick else 3
-    walls = {label: [] for label in settings}
-    results = {}
-    for r in range(reps):
-        labels = list(settings) if r % 2 == 0 else list(settings)[::-1]
-        for label in labels:
-            t0 = time.perf_counter()
-            refined = ls.refine(
-                model,
-                data=(u, y),
-                products=settings[label],
-                generator=torch.Generator().manual_seed(1),
-            )
-            walls[label].append(time.perf_counter() - t0)
-            results[label] = refined
-    out = dict(before_test_rel_l2=before, reps=reps, runs=[])
-    for label, refined in results.items():
+    t = time_ratio(lambda: refine("batching='vmap'"), lambda: refine("default"), repeat=reps,
+                   warmup=0)  # fmt: skip
+    rec.set(before_test_rel_l2=before, reps=reps)
+    for label, wall in (("default", t["t_ref"]), ("batching='vmap'", t["t"])):
+        info = refined[label].info
         with torch.no_grad():
-            after = rel(refined(u_test), y_test)
-        info = refined.info
-        run = dict(
-            settings=label,
-            refine_s=statistics.median(walls[label]),
-            refine_s_all=walls[label],
-            times_last=info["times"],
-            batching=label.split("'")[1] if "'" in label else "auto (loop on the CPU)",
-            rank=info["rank"],
-            n_rows=info["n_rows"],
-            n_params=info["n_params"],
-            num_jvp=info["num_jvp"],
-            num_vjp=info["num_vjp"],
-            after_test_rel_l2=after,
-            gain=before / after,
-        )
-        out["runs"].append(run)
-        print(
-            f"refine ({label}): median {run['refine_s']:.2f} s of {reps}, rank {run['rank']}, "
-            f"test rel. L2 {before:.3e} -> {after:.3e} ({run['gain']:.1f}x)",
-            flush=True,
-        )
-    return out
+            after = rel(refined[label](u_test), y_test)
+        rec.add(dict(settings=label, refine_s=wall, times_last=info["times"],
+                     batching=label.split("'")[1] if "'" in label else "auto (loop on the CPU)",
+                     rank=info["rank"], n_rows=info["n_rows"], n_params=info["n_params"],
+                     num_jvp=info["num_jvp"], num_vjp=info["num_vjp"], after_test_rel_l2=after,
+                     gain=before / after), key=("settings",))  # fmt: skip
+        print(f"refine ({label}): median {wall:.2f} s of {reps}, rank {info['rank']}, test rel. "
+              f"L2 {before:.3e} -> {after:.3e} ({before / after:.1f}x)", flush=True)  # fmt: skip
 
 
 # ---------------------------------------------------------------------- output
-def _cpu_name() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in text.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _header(args) -> dict:
-    return dict(
-        device=f"CPU: {_cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} thread(s)",
-        torch=torch.__version__,
-        threads=torch.get_num_threads(),
-        load_average_before=list(os.getloadavg()),
-        command="python bench/bench_batching.py" + (" --refine" if args.refine else ""),
-    )
-
-
-def _markdown(doc: dict) -> str:
-    lines = [
-        f"# Jacobian product batching: vmap against a loop — {doc['device']}",
-        "",
-        f"float32, torch {doc['torch']}. Command: `{doc['command']}`. Per-column medians of "
-        f"{doc['reps']} alternating runs; load average before/after "
-        f"{doc['load_average_before'][0]:.1f} / {doc['load_average_after'][0]:.1f} "
-        "(a shared machine: the ratios, timed in alternation, are the result; absolute times "
-        "vary with the load).",
-        "",
-        "| model | rows n | params m | complex | k | JVP/col loop (ms) | JVP/col vmap (ms) "
-        "| vmap/loop | VJP/col loop (ms) | VJP/col vmap (ms) | vmap/loop |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in doc["rows"]:
-        lines.append(
-            f"| {r['model']} ({r['description']}) | {r['n']:,} | {r['m']:,} | "
-            f"{'yes' if r['complex_params'] else 'no'} | {r['k']} | {r['jvp_loop_ms']:.2f} | "
-            f"{r['jvp_vmap_ms']:.2f} | {r['jvp_vmap_over_loop']:.2f} | {r['vjp_loop_ms']:.2f} | "
-            f"{r['vjp_vmap_ms']:.2f} | {r['vjp_vmap_over_loop']:.2f} |"
-        )
-    lines += ["", doc["rule"], ""]
-    return "\n".join(lines)
-
-
 RULE = (
     "Reading: vmap wins where one product is tiny and dominated by per-operation overhead "
     "(the small Fourier model, the 200-row MLP and DeepONet), and mostly loses as the "
@@ -309,42 +206,43 @@ RULE = (
 )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--refine", action="store_true", help="the Fourier-layer refine")
-    parser.add_argument("--quick", action="store_true", help="smoke run; writes nothing")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument(
-        "--markdown", action="store_true", help="rewrite the .md from the saved JSON only"
-    )
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    doc = _header(args)
-    tag = "cpu"
-    if args.markdown:
-        doc = json.loads((RESULTS / f"batching_{tag}.json").read_text())
-        doc["rule"] = RULE
-        (RESULTS / f"batching_{tag}.json").write_text(json.dumps(doc, indent=2) + "\n")
-        (RESULTS / f"batching_{tag}.md").write_text(_markdown(doc))
-        return
+def _markdown(rec: Record, command: str) -> None:
+    cols = [
+        (lambda r: f"{r['model']} ({r['description']})", "model"),
+        ("n", "rows n"),
+        ("m", "params m"),
+        (lambda r: "yes" if r["complex_params"] else "no", "complex"),
+        "k",
+    ]
+    for what in ("JVP", "VJP"):
+        w = what.lower()
+        cols += [
+            (f"{w}_loop_ms:.2f", f"{what}/col loop (ms)"),
+            (f"{w}_vmap_ms:.2f", f"{what}/col vmap (ms)"),
+            (f"{w}_vmap_over_loop:.2f", "vmap/loop"),
+        ]
+    note = (f"float32. Per-column medians of {rec.meta.get('reps', 5)} alternating runs (a shared "
+            "machine: the ratios, timed in alternation, are the result; absolute times vary with "
+            "the load).")  # fmt: skip
+    rec.markdown("Jacobian product batching: vmap against a loop", cols, command=command,
+                 notes=[note, RULE])  # fmt: skip
+
+
+def main(argv=None) -> None:
+    args = parse_script(__file__, __doc__, lambda p: (
+        p.add_argument("--refine", action="store_true", help="the Fourier-layer refine"),
+        p.add_argument("--markdown", action="store_true", help="rewrite the .md from the JSON")),
+        argv)  # fmt: skip
     if args.refine or args.quick:
-        doc.update(bench_refine(args.quick))
-        doc["load_average_after"] = list(os.getloadavg())
-        if not args.quick:
-            path = RESULTS / f"fourier_refine_{tag}.json"
-            path.write_text(json.dumps(doc, indent=2) + "\n")
-            print(f"wrote {path}")
+        bench_refine(Record("batching", stem="fourier_refine", out=args.out, device="cpu",
+                            quick=args.quick), args.quick)  # fmt: skip
+        if args.refine:
             return
-    doc = _header(args)
-    doc["reps"] = 1 if args.quick else 5
-    doc["rows"] = bench_batching(args.quick)
-    doc["load_average_after"] = list(os.getloadavg())
-    doc["rule"] = RULE
-    if args.quick:
-        return
-    (RESULTS / f"batching_{tag}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (RESULTS / f"batching_{tag}.md").write_text(_markdown(doc))
-    print(f"wrote {RESULTS / f'batching_{tag}.json'} and .md")
+    rec = Record("batching", out=args.out, device="cpu", quick=args.quick)
+    if not args.markdown:
+        rec.set(reps=1 if args.quick else 5, rule=RULE)
+        bench_batching(rec, args.quick)
+    _markdown(rec, args.command)
 
 
 if __name__ == "__main__":

@@ -27,48 +27,34 @@ Sections (one row per point, each in a fresh subprocess so its peak memory is it
     nohup python bench/classification.py &          # the full run (long; resumable)
     python bench/classification.py --table-only     # rewrite the table and figure
 
-The full run writes ``bench/results/classification_cpu.{json,md}`` (through ``_record.write``)
-after every point and ``docs/img/classification_accuracy_k.png``; a rerun skips recorded
-points (``--redo PREFIX`` runs those again; failed points are always retried). ``--quick``
-writes to ``--out`` (default: a folder under the temporary directory) and runs in-process.
+The full run writes ``bench/results/classification_cpu.{json,md}`` after every point and
+``docs/img/classification_accuracy_k.png`` (beside the results for another ``--out``); a rerun
+skips recorded points (``--redo PREFIX`` runs those again; failed points are always retried).
+``--quick`` runs in-process and writes ``classification_cpu_quick.*``.
 """
 
 from __future__ import annotations
 
+import gzip
+import math
 import os
-import sys
+import pickle
+import subprocess
+import tempfile
+import time
+import warnings
+from pathlib import Path
 
-if "--threads" in sys.argv:  # numpy/scipy BLAS threads as torch's, set before numpy loads
-    _t = sys.argv[sys.argv.index("--threads") + 1]
-    for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(_v, _t)
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-import argparse  # noqa: E402
-import gzip  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import pickle  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
+import lsr_scale as ls
+from lsr_scale._utils import _read_vmrss
+from lsr_scale.bench._harness import Record, parse_script, run_isolated
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT.parent))
-
-import _record  # noqa: E402
-
-import lsr_scale as ls  # noqa: E402
-from lsr_scale._utils import _read_vmrss  # noqa: E402
-
-STEM = "classification_cpu"
-IMG = ROOT.parent / "docs" / "img" / "classification_accuracy_k.png"
+HERE = Path(__file__).resolve().parent
+IMG = HERE.parent / "docs" / "img" / "classification_accuracy_k.png"
 CACHE = Path(tempfile.gettempdir()) / "lsr_classification_cache"
 SEED_INIT, SEED_SPLIT, SEED_REFINE = 0, 0, 1
 
@@ -374,57 +360,39 @@ def _budget(rows: dict, level: str, cap: float) -> float:
     return round(min(cap, max(walls)), 1) if walls else min(cap, 60.0)
 
 
-def _subprocess(key: str, args) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        tmp = f.name
-    cmd = [sys.executable, __file__, "--worker", key, "--threads", str(args.threads),
-           "--worker-out", tmp]  # fmt: skip
+def worker(spec: dict) -> dict:
+    """One point in a fresh process (:func:`run_isolated`'s target)."""
+    return run_point(spec["key"], QUICK if spec["quick"] else FULL)
+
+
+def _isolated(key: str, args) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
     try:
-        proc = subprocess.run(cmd, timeout=args.point_timeout, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = (proc.stderr or "").strip().splitlines()[-2:]
-            return dict(error="failed: " + " | ".join(tail))
-        return json.loads(Path(tmp).read_text())
+        return run_isolated("classification:worker", {"key": key, "quick": args.quick},
+                            timeout=args.point_timeout, env=env, threads=args.threads)  # fmt: skip
+    except RuntimeError as err:
+        return dict(error="failed: " + " | ".join(str(err).strip().splitlines()[-2:]))
     except subprocess.TimeoutExpired:
         return dict(error=f"timed out after {args.point_timeout} s")
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="digits only, small sizes (< 5 min)")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    ap.add_argument("--out", default=None, help="result folder (default bench/results; --quick: "
-                    "a folder under the temporary directory)")  # fmt: skip
-    ap.add_argument("--only", nargs="*", default=None, help="run only points with these prefixes")
-    ap.add_argument("--redo", nargs="*", default=[], help="run points with these prefixes again")
-    ap.add_argument("--table-only", action="store_true", help="rewrite table and figure only")
-    ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--point-timeout", type=int, default=3600, help="seconds per point")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_script(__file__, __doc__, lambda ap: (
+        ap.add_argument("--only", nargs="*", default=None, help="points with these prefixes"),
+        ap.add_argument("--redo", nargs="*", default=[], help="run these prefixes again"),
+        ap.add_argument("--table-only", action="store_true", help="rewrite table and figure"),
+        ap.add_argument("--no-plot", action="store_true"),
+        ap.add_argument("--point-timeout", type=int, default=3600, help="seconds per point"),
+    ), argv)  # fmt: skip
     cfg = QUICK if args.quick else FULL
-    if args.worker:
-        row = run_point(args.worker, cfg)
-        Path(args.worker_out).write_text(json.dumps(row, default=float))
-        return row
-    default_out = Path(tempfile.gettempdir()) / "lsr_classification_quick" if args.quick else None
-    out = Path(args.out) if args.out else default_out
-    if out is not None:
-        _record.OUT = out  # _record.write writes under its OUT
-    path = _record.OUT / f"{STEM}.json"
-    doc = json.loads(path.read_text()) if path.exists() else {"rows": {}}
-    rows = doc["rows"]
+    rec = Record("classification", out=args.out, device="cpu", quick=args.quick)
     if not args.table_only:
-        for key in list(rows):
-            if any(key.startswith(p) for p in args.redo) or "error" in rows[key]:
-                del rows[key]
+        rec.rows = [r for r in rec.rows if "error" not in r
+                    and not any(r["key"].startswith(p) for p in args.redo)]  # fmt: skip
         for key in points(cfg):
             if args.only is not None and not any(key.startswith(p) for p in args.only):
                 continue
+            rows = {r["key"]: r for r in rec.rows}
             if key.startswith("peers/"):
                 level = key.split("/")[2]
                 key = f"{key}/{_budget(rows, level, cfg['peer_cap_s'])}"
@@ -436,20 +404,22 @@ def main(argv=None):
             if args.quick:
                 try:
                     row = run_point(key, cfg)
-                except Exception as e:  # recorded, as the subprocess path does
+                except Exception as e:  # recorded, as the isolated path does
                     row = dict(error=f"failed: {type(e).__name__}: {str(e)[:300]}")
             else:
-                row = _subprocess(key, args)
-            row.update(load_1min=os.getloadavg()[0], date=time.strftime("%Y-%m-%d %H:%M"),
-                       threads=args.threads)  # fmt: skip
-            rows[key] = row
+                row = _isolated(key, args)
+            row.update(key=key, load_1min=os.getloadavg()[0], threads=args.threads,
+                       date=time.strftime("%Y-%m-%d %H:%M"))  # fmt: skip
+            rec.add(row, key=("key",))
             print(f"{key}: {_summary(row)} ({time.perf_counter() - t0:.0f} s)", flush=True)
-            _write(doc, args, cfg)
-    text = _write(doc, args, cfg)
+            _write(rec, args, cfg)
+    text = _write(rec, args, cfg)
     if not args.no_plot:
-        plot(rows, (_record.OUT / "classification_accuracy_k.png") if out is not None else IMG, cfg)
+        rows = {r["key"]: r for r in rec.rows}
+        full = args.out.resolve() == (HERE / "results").resolve() and not args.quick
+        path = IMG if full else None  # the docs figure from full runs only
+        rec.plot(lambda fig, ax: _draw(fig, ax, rows, cfg), path=path)
     print(text)
-    return doc
 
 
 def _summary(row: dict) -> str:
@@ -546,8 +516,8 @@ def targets(rows: dict) -> list[str]:
     return lines
 
 
-def _write(doc: dict, args, cfg: dict) -> str:
-    rows = doc["rows"]
+def _write(rec: Record, args, cfg: dict) -> str:
+    rows = {r["key"]: r for r in rec.rows}
     quick = " --quick" if args.quick else ""
     body = [
         "Every row ran in a fresh subprocess (`--quick`: in-process) on one torch thread of a "
@@ -684,22 +654,13 @@ def _write(doc: dict, args, cfg: dict) -> str:
                             f"{r['wall_s']:.1f} | {r['settings']} |")  # fmt: skip
         body.append("")
     command = f"python bench/classification.py{quick} --threads {args.threads}"
-    doc.update(device=_record.cpu_device(args.threads), command=command,
-               mnist_train=MNIST_TRAIN, paper=PAPER)  # fmt: skip
-    return _record.write(STEM, doc, "Classification: the paper's CNN and trained CNNs", command,
-                         body)  # fmt: skip
+    rec.set(command=command, mnist_train=MNIST_TRAIN, paper=PAPER)
+    return rec.markdown("Classification: the paper's CNN and trained CNNs", None,
+                        command=command, more=["\n".join(body)])  # fmt: skip
 
 
-def plot(rows: dict, path: Path, cfg: dict) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no figure", file=sys.stderr)
-        return
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+def _draw(fig, ax, rows: dict, cfg: dict) -> None:
+    fig.set_size_inches(7.5, 4.8)
     colors = {"digits": "tab:blue", "mnist": "tab:orange"}
     labels = {"digits": f"digits ({cfg['digits_train']:,} images)",
               "mnist": f"MNIST ({MNIST_TRAIN:,} images)"}  # fmt: skip
@@ -719,7 +680,6 @@ def plot(rows: dict, path: Path, cfg: dict) -> None:
             ax.axhline(init["test_acc"], color=color, ls=":", lw=1,
                        label=f"{labels[name]}: random initialization")  # fmt: skip
     if not drawn:
-        plt.close(fig)
         return
     ks = [k for k, *_ in PAPER if k]
     ax.plot(ks, [a for k, a, *_ in PAPER if k], "k*", ms=11,
@@ -731,10 +691,6 @@ def plot(rows: dict, path: Path, cfg: dict) -> None:
     ax.set_title("The paper's CNN refined from its random initialization (softmax_mse)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

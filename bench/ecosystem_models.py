@@ -8,23 +8,22 @@ before and after, the training error of the predictor and the time. A model whos
 is missing is skipped; rows already recorded are kept, so runs in different environments
 (torchvision, and timm with it, need torch 2.14.1 on this machine: a separate venv) fill
 one table.
-Writes ``bench/results/ecosystem_cpu.{json,md}``.
+Writes ``bench/results/ecosystem_cpu.{json,md}`` (``--quick``: the transformer encoder only,
+``ecosystem_cpu_quick.*``).
 
     python bench/ecosystem_models.py --threads 1 [--only resnet18 vit_tiny]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 import warnings
 
 import torch
-from _record import OUT, cpu_device, write  # bench/ is on sys.path when run
 from torch import nn
 
 import lsr_scale as ls
+from lsr_scale.bench._harness import Record, parse_script
 
 
 class _Head(nn.Module):
@@ -122,42 +121,28 @@ def _run(name, make, args):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--epochs", type=int, default=10, help="Adam steps before refining")
-    ap.add_argument("--only", nargs="*", default=None, choices=sorted(MODELS))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    path = OUT / "ecosystem_cpu.json"
-    rows = {r["model"]: r for r in json.loads(path.read_text())["rows"]} if path.exists() else {}
-    for name in args.only or list(MODELS):
+    args = parse_script(__file__, __doc__, lambda p: (
+        p.add_argument("--epochs", type=int, default=10, help="Adam steps before refining"),
+        p.add_argument("--only", nargs="*", choices=sorted(MODELS))), argv)  # fmt: skip
+    rec = Record("ecosystem", out=args.out, device="cpu", quick=args.quick)
+    rec.set(epochs=args.epochs)
+    for name in ["transformer-encoder"] if args.quick else args.only or list(MODELS):
         try:
-            rows[name] = _run(name, MODELS[name], args)
+            rec.add(_run(name, MODELS[name], args), key=("model",))
         except ImportError as err:
             print(f"{name}: skipped ({err})")
-            continue
-        payload = dict(device=cpu_device(args.threads), epochs=args.epochs,
-                       rows=list(rows.values()))  # fmt: skip
-        body = [
-            "Default refines (`ls.refine(model, data=(x, y))`, then `method='krylov'`), "
-            f"after {args.epochs} Adam steps on random targets; train rel. error of the "
-            "predictor, linearized loss, product back end after the self-check.",
-            "",
-            "| model | torch | parameters | rows | method | back end | linearized loss "
-            "before -> after | train rel. error before -> after | time (s) |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in rows.values():
-            for method in ("subspace", "krylov"):
-                m = r[method]
-                body.append(
-                    f"| {r['model']} | {r['torch']} | {r['n_params']:,} | {r['n_rows']} | "
-                    f"{method} | {m['backend']} | {m['loss_before']:.3g} -> "
-                    f"{m['loss_linearized']:.3g} | {r['train_rel_before']:.3f} -> "
-                    f"{m['train_rel_after']:.3g} | {m['wall_s']:.1f} |"
-                )
-        write("ecosystem_cpu", payload, "Ecosystem models, default arguments",
-              "python bench/ecosystem_models.py --threads 1", body)  # fmt: skip
+    note = (f"Default refines (`ls.refine(model, data=(x, y))`, then `method='krylov'`), after "
+            f"{args.epochs} Adam steps on random targets; train rel. error of the predictor, "
+            "linearized loss, product back end after the self-check.")  # fmt: skip
+    rows = [{**r, **r[m], "method": m} for r in rec.rows for m in ("subspace", "krylov")]
+    rec.markdown("Ecosystem models, default arguments", [
+        "model", "torch", ("n_params", "parameters"), ("n_rows:d", "rows"), "method",
+        ("backend", "back end"),
+        (lambda r: f"{r['loss_before']:.3g} -> {r['loss_linearized']:.3g}",
+         "linearized loss before -> after"),
+        (lambda r: f"{r['train_rel_before']:.3f} -> {r['train_rel_after']:.3g}",
+         "train rel. error before -> after"), ("wall_s:.1f", "time (s)"),
+    ], command=args.command, rows=rows, notes=[note])  # fmt: skip
 
 
 if __name__ == "__main__":

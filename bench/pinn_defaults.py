@@ -9,29 +9,22 @@ interior points are drawn uniformly (``--points random``) or evenly spaced.
     python bench/pinn_defaults.py --seeds 0 1 2 3 [--points linspace]
 
 Writes ``bench/results/pinn_defaults_cpu.{json,md}``; a rerun skips recorded seeds.
+``--quick``: seed 0, 200 Adam steps, into ``pinn_defaults_cpu_quick.*``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _record import OUT, cpu_device, write  # noqa: E402
-
-import lsr_scale as ls  # noqa: E402
-
-STEM = "pinn_defaults_cpu"
+import lsr_scale as ls
+from lsr_scale.bench._harness import Record, parse_script
 
 
-def make(seed: int, points: str):
+def make(seed: int, points: str, steps: int = 1500):
     torch.manual_seed(seed)
     L, T = torch.nn.Linear, torch.nn.Tanh
     net = torch.nn.Sequential(L(1, 32), T(), L(32, 32), T(), L(32, 32), T(), L(32, 1))
@@ -55,7 +48,7 @@ def make(seed: int, points: str):
         return torch.cat([-upp - f, 10 * ub])
 
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    for _ in range(1500):
+    for _ in range(steps):
         opt.zero_grad()
         residual(dict(net.named_parameters())).square().mean().backward()
         opt.step()
@@ -70,21 +63,17 @@ def rel(f, test):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--points", choices=("random", "linspace"), default="random")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--force", action="store_true")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    path = OUT / f"{STEM}.json"
-    rows = json.loads(path.read_text())["rows"] if path.exists() else {}
-    for seed in args.seeds:
+    args = parse_script(__file__, __doc__, lambda p: (
+        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4]),
+        p.add_argument("--points", choices=("random", "linspace"), default="random"),
+        p.add_argument("--force", action="store_true")), argv)  # fmt: skip
+    rec = Record("pinn_defaults", out=args.out, device="cpu", quick=args.quick)
+    for seed in [0] if args.quick else args.seeds:
         key = f"{args.points}/{seed}"
-        if key in rows and not args.force:
+        if rec.has(key=key) and not args.force:
             continue
-        net, residual, test = make(seed, args.points)
-        row = {"seed": seed, "points": args.points, "trained": rel(net, test)}
+        net, residual, test = make(seed, args.points, 200 if args.quick else 1500)
+        row = {"key": key, "seed": seed, "points": args.points, "trained": rel(net, test)}
         for method in ("subspace", "krylov"):
             t0 = time.perf_counter()
             with warnings.catch_warnings():
@@ -97,26 +86,15 @@ def main(argv=None):
                 "stop": r.info.get("stop"),
                 "precond_rank": (r.info.get("preconditioner") or {}).get("rank"),
             }  # fmt: skip
-        rows[key] = row
-        print(key, json.dumps(row), flush=True)
-        _write(rows, args.threads)
-    _write(rows, args.threads)
-
-
-def _write(rows, threads):
-    body = ["| points | seed | trained | subspace | krylov | krylov iterations, stop |",
-            "|---|---|---|---|---|---|"]  # fmt: skip
-    for r in rows.values():
-        k = r["krylov"]
-        stop = (k["stop"] or "").split(":")[0]  # the rule: stalled, validation, ...
-        body.append(
-            f"| {r['points']} | {r['seed']} | {r['trained']:.2e} | "
-            f"{r['subspace']['test_rel_l2']:.2e} | {k['test_rel_l2']:.2e} | "
-            f"{k['iterations']}, {stop} |"
-        )
-    write(STEM, {"device": cpu_device(threads), "rows": rows},
-          "PINN -u'' = pi^2 sin(pi x): default Krylov against default subspace",
-          "python bench/pinn_defaults.py --seeds 0 1 2 3 [--points linspace]", body)  # fmt: skip
+        print(key, rec.add(row, key=("key",)), flush=True)
+    rec.markdown("PINN -u'' = pi^2 sin(pi x): default Krylov against default subspace", [
+        "points", "seed", "trained:.2e",
+        (lambda r: f"{r['subspace']['test_rel_l2']:.2e}", "subspace"),
+        (lambda r: f"{r['krylov']['test_rel_l2']:.2e}", "krylov"),
+        # the rule that stopped Krylov: stalled, validation, ...
+        (lambda r: f"{r['krylov']['iterations']}, {(r['krylov']['stop'] or '').split(':')[0]}",
+         "krylov iterations, stop"),
+    ], command=args.command)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ on the 8x8 digits (one-hot targets, squared error), all in one run, so the ratio
 whatever the machine's load:
 
     python bench/profile_rank_auto.py --threads 1 [--train 600]
+    python bench/profile_rank_auto.py --quick   # 100 digits, 30 Adam steps (_quick files)
 
 Writes ``bench/results/profile_rank_auto_cpu.{json,md}``. Needs scikit-learn (its digits
 ship inside the package).
@@ -14,19 +15,14 @@ ship inside the package).
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _record import cpu_device, write  # noqa: E402
-
-import lsr_scale as ls  # noqa: E402
+import lsr_scale as ls
+from lsr_scale.bench._harness import Record, parse_script
 
 
 def digits(n_train: int, n_val: int):
@@ -51,16 +47,14 @@ def cnn():
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--train", type=int, default=600)
-    p.add_argument("--val", type=int, default=300)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    (x, y), (xv, yv), (xt, yt) = digits(args.train, args.val)
+    args = parse_script(__file__, __doc__, lambda p: (
+        p.add_argument("--train", type=int, default=600),
+        p.add_argument("--val", type=int, default=300)), argv)  # fmt: skip
+    n_train, n_val = (100, 50) if args.quick else (args.train, args.val)
+    (x, y), (xv, yv), (xt, yt) = digits(n_train, n_val)
     model = cnn()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(300):
+    for _ in range(30 if args.quick else 300):
         opt.zero_grad()
         ((model(x) - y) ** 2).mean().backward()
         opt.step()
@@ -70,50 +64,41 @@ def main(argv=None):
         with torch.no_grad():
             return float((f(xt.to(dtype)).argmax(1) == yt.argmax(1)).float().mean())
 
+    auto = dict(method=ls.Subspace(rank="auto"), validation=(xv, yv))
     runs = {
         "fixed rank, float32": dict(method=ls.Subspace()),
-        "rank='auto', float32": dict(method=ls.Subspace(rank="auto"), validation=(xv, yv)),
+        "rank='auto', float32": auto,
         "fixed rank, float64": dict(method=ls.Subspace(), dtype=torch.float64),
-        "rank='auto', float64": dict(
-            method=ls.Subspace(rank="auto"), validation=(xv, yv), dtype=torch.float64
-        ),
+        "rank='auto', float64": dict(auto, dtype=torch.float64),
     }
-    rows = {}
+    rec = Record("profile_rank_auto", out=args.out, device="cpu", quick=args.quick)
     for name, kw in runs.items():
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             r = ls.refine(model, data=(x, y), generator=torch.Generator().manual_seed(0),
                           progress_bar=False, **kw)  # fmt: skip
-        wall = time.perf_counter() - t0
-        dt = kw.get("dtype", torch.float32)
-        rows[name] = {
-            "wall_s": wall, "times": r.info["times"], "rank": r.info["rank"],
-            "test_accuracy": acc(r, dt), "loss_linearized": r.info["loss_linearized"],
-            "num_jvp": r.info["num_jvp"], "num_vjp": r.info["num_vjp"],
-        }  # fmt: skip
-        print(name, rows[name], flush=True)
-    base = rows["fixed rank, float32"]["wall_s"]
-    body = [
-        f"CNN, {sum(q.numel() for q in model.parameters()):,} parameters, {args.train} "
-        f"training digits ({10 * args.train:,} residual rows), {args.val} for validation; "
-        f"trained accuracy {acc(model):.3f}.",
-        "",
-        "| call | wall s | / fixed float32 | linearize s | range finder s | reduced s | rank | "
-        "JVPs+VJPs | test accuracy |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in rows.items():
-        t = r["times"]
-        body.append(
-            f"| {name} | {r['wall_s']:.1f} | {r['wall_s'] / base:.2f} | "
-            f"{t.get('linearize', 0):.1f} | {t.get('range_finder', 0):.1f} | "
-            f"{t.get('reduced', 0):.1f} | {r['rank']} | {r['num_jvp']}+{r['num_vjp']} | "
-            f"{r['test_accuracy']:.3f} |"
-        )
-    print(write("profile_rank_auto_cpu", {"device": cpu_device(args.threads), "rows": rows},
-                "Subspace(rank='auto') + validation, float32 and float64, on a small CNN",
-                f"python bench/profile_rank_auto.py --threads {args.threads}", body))  # fmt: skip
+        info = r.info
+        row = rec.add({
+            "key": name, "wall_s": time.perf_counter() - t0, "times": info["times"],
+            "rank": info["rank"], "test_accuracy": acc(r, kw.get("dtype", torch.float32)),
+            "loss_linearized": info["loss_linearized"], "num_jvp": info["num_jvp"],
+            "num_vjp": info["num_vjp"],
+        }, key=("key",))  # fmt: skip
+        print(name, row, flush=True)
+    base = rec.get(key="fixed rank, float32")["wall_s"]
+    intro = (f"CNN, {sum(q.numel() for q in model.parameters()):,} parameters, {n_train} "
+             f"training digits ({10 * n_train:,} residual rows), {n_val} for validation; "
+             f"trained accuracy {acc(model):.3f}.")  # fmt: skip
+    phases = [(lambda r, k=k: f"{r['times'].get(k, 0):.1f}", f"{k.replace('_', ' ')} s")
+              for k in ("linearize", "range_finder", "reduced")]  # fmt: skip
+    print(rec.markdown(
+        "Subspace(rank='auto') + validation, float32 and float64, on a small CNN",
+        [("key", "call"), ("wall_s:.1f", "wall s"),
+         (lambda r: f"{r['wall_s'] / base:.2f}", "/ fixed float32"), *phases, ("rank:d", "rank"),
+         (lambda r: f"{r['num_jvp']}+{r['num_vjp']}", "JVPs+VJPs"),
+         ("test_accuracy:.3f", "test accuracy")],
+        command=args.command, more=[intro]))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Smoke test of bench/bench_peers.py: the demo problem at tiny sizes through --quick.
+"""Smoke test of the ``peers`` benchmark suite: the demo problem at tiny sizes through --quick.
 
 The curvlinops row is skipped when curvlinops-for-pytorch (the [peers] extra) is absent, so
 CI does not depend on it.
@@ -8,32 +8,25 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(monkeypatch, cache):
-    monkeypatch.setenv("LSR_PEERS_CACHE", str(cache))  # read when the module is imported
-    spec = importlib.util.spec_from_file_location(
-        "bench_peers_under_test", ROOT / "bench" / "bench_peers.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from lsr_scale import bench
 
 
 def test_bench_peers_quick(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
-    mod = _load(monkeypatch, tmp_path / "cache")
-    tools = [k for k, _ in mod.TOOLS]
+    monkeypatch.setenv("LSR_PEERS_CACHE", str(tmp_path / "cache"))
+    from lsr_scale.bench import peers
+
+    tools = [k for k, _ in peers.TOOLS]
     if importlib.util.find_spec("curvlinops") is None:
         tools.remove("curvlinops_lsmr")
     out = tmp_path / "peers"
-    mod.main(["--quick", "--problems", "demo", "--out", str(out), "--tools", *tools])
-    doc = json.loads(out.with_suffix(".json").read_text())
+    argv = ["peers", "--quick", "--device", "cpu", "--problems", "demo", "--out", str(out)]
+    assert bench.main([*argv, "--tools", *tools]) == 0
+    doc = json.loads((out / "peers_cpu_quick.json").read_text())
+    assert doc["quick"] and doc["device"].startswith("cpu")
     rows = {r["key"]: r for r in doc["rows"]}
     assert set(rows) == set(tools)
     for r in rows.values():
@@ -47,5 +40,5 @@ def test_bench_peers_quick(tmp_path, monkeypatch):
         assert rows[key]["products"] > 0
     assert rows["adam"]["curve"] and rows["lbfgs"]["curve"]
     assert "absent" in rows["cupyx_lsmr"] or rows["cupyx_lsmr"]["rel_l2"] is not None
-    assert "| tool |" in out.with_suffix(".md").read_text()
-    assert (tmp_path / "peers_demo.png").exists()
+    assert "| tool |" in (out / "peers_cpu_quick.md").read_text()
+    assert (out / "peers_demo.png").exists()

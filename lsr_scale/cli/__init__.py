@@ -1,4 +1,4 @@
-"""Command-line interface: ``lsr-scale demo``, ``lsr-scale reproduce``, ``lsr-scale info``.
+"""Command-line interface: ``lsr-scale demo``, ``reproduce``, ``info`` and ``bench``.
 
 The entry point ``lsr_scale.cli:main``; the commands' runners live beside it (``_demo``,
 ``_reproduce``) and are the only code in the package that prints.
@@ -7,6 +7,7 @@ The entry point ``lsr_scale.cli:main``; the commands' runners live beside it (``
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..cuda import show_config
 from ._demo import run_demo
@@ -76,10 +77,20 @@ def _build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=lambda a: show_config())
 
     add_reproduce_parser(sub)
+    sub.add_parser(
+        "bench",
+        help="benchmark suites: lsr-scale bench --list, lsr-scale bench SUITE [--quick]",
+        add_help=False,
+    )  # parsed by lsr_scale.bench.main (each suite has its own options)
     return parser
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from ..bench import main as bench_main  # imported only for this command
+
+        return bench_main(argv[1:])
     parser = _build_parser()
     args = parser.parse_args(argv)
     args.func(args)

@@ -1,74 +1,46 @@
-"""lsr_scale side by side with what a user would pick instead (issue 12, part 1).
+"""Suite ``peers``: lsr_scale side by side with what a user would pick instead (issue 12).
 
-The same trained networks, the same machine, one row per tool:
+The same trained networks (the demo MLP, the paper-size function MLP, the Burgers DeepONet and
+the Poisson PINN), the same machine, one row per tool: lsr_scale's subspace and Krylov
+refinements with every default and with the best settings of ``docs/solvers.md``; curvlinops'
+``JacobianLinearOperator`` solved by scipy's ``lsmr``; scipy's ``lsmr`` and ``lstsq`` on the
+dense float64 Jacobian where it fits; continued training (Adam, L-BFGS, our own damped
+Gauss-Newton) for the wall time of the slowest lsr_scale row; cupyx ``lsmr`` on a GPU.
+``docs/peers.md`` describes each row and reads the results. The classification peers are
+rows of ``bench/classification.py`` (their measure is test accuracy, not relative L2).
 
-* lsr_scale one-shot subspace LSR and Krylov LSR, with every default
-  (``ls.refine(model, ...)`` on the model as trained) and with the best settings of
-  ``docs/solvers.md`` (float64; Nystrom-from-SVD preconditioner; rank or iterations chosen
-  on held-out validation data where the problem has labels);
-* curvlinops: its ``JacobianLinearOperator`` converted to scipy, solved by
-  ``scipy.sparse.linalg.lsmr`` (the closest existing matrix-free stack);
-* ``scipy.sparse.linalg.lsmr`` and ``scipy.linalg.lstsq`` on the dense float64 Jacobian
-  (built with ``torch.func.jacrev``), where it fits in memory and time;
-* continued training from the same weights for the wall time of the slowest lsr_scale row:
-  Adam (learning rate decaying 100x over the budget), L-BFGS (strong Wolfe), and our own
-  few-line damped Gauss-Newton (Levenberg-Marquardt) on the dense Jacobian (small cases);
-* cupyx ``lsmr`` on the GPU, when a GPU and cupy are available (otherwise the row says why).
+Each row runs in a fresh process (:func:`~._harness.run_isolated`: its peak memory is its
+own; ``--quick``: in-process, tiny sizes) and is recorded as soon as it exists; a rerun
+resumes. The markdown and the plots ``docs/img/peers_<problem>.png`` (beside the results for
+a quick run or another ``--out``) are rewritten after every row::
 
-Problems: the demo MLP (trained as ``lsr-scale demo`` does), the paper-size function MLP
-(committed checkpoint), the Burgers DeepONet (committed checkpoint) and the Poisson PINN
-(committed checkpoint, CPU-scaled case). The classification peers (continued Adam, L-BFGS, a
-linear probe, the last layer alone, against ``loss="cross_entropy"``) are rows of
-``bench/classification.py``: their measure is test accuracy and training cross-entropy, not
-this table's relative L2.
-
-Each row runs in a fresh subprocess (so its peak memory is its own) and is written to
-``bench/results/peers_cpu.json`` as soon as it exists; a rerun resumes from the recorded rows.
-The markdown table, the plots ``docs/img/peers_<problem>.png`` and the JSON are rewritten
-after every row.
-
-    python bench/bench_peers.py --threads 1            # all problems (long: see docs/peers.md)
-    python bench/bench_peers.py --problems demo        # one problem
-    python bench/bench_peers.py --plot-only            # redraw table and plots from the JSON
-    python bench/bench_peers.py --quick --out /tmp/p   # tiny smoke run, in-process
+    lsr-scale bench peers                    # all problems (long: see docs/peers.md)
+    lsr-scale bench peers --problems demo    # one problem
+    lsr-scale bench peers --plot-only        # redraw table and plots from the JSON
+    lsr-scale bench peers --device cuda      # the cupyx row on the function MLP (peers_<gpu>.*)
 """
 
 from __future__ import annotations
 
+import copy
+import importlib.util
+import math
 import os
-import sys
+import subprocess
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
 
-if "--threads" in sys.argv:  # numpy/scipy BLAS threads as torch's, set before numpy loads
-    _t = sys.argv[sys.argv.index("--threads") + 1]
-    for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(_v, _t)
+import numpy as np
+import torch
+from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
-import argparse  # noqa: E402
-import copy  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
+import lsr_scale as ls
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.func import functional_call, jacrev, jvp, vjp, vmap  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT.parent))
-
-import lsr_scale as ls  # noqa: E402
-from lsr_scale._utils import PeakMemory  # noqa: E402
-from lsr_scale.precond import Nystrom  # noqa: E402
-
-OUT = ROOT / "results" / "peers_cpu"
-IMG = ROOT.parent / "docs" / "img"
-CACHE = Path(os.environ.get("LSR_PEERS_CACHE", Path(tempfile.gettempdir()) / "lsr_peers_cache"))
+from ..precond import Nystrom
+from ._harness import DEFAULT_OUT, Record, load_info, md_table, peak_memory, run_isolated, suite
 
 PROBLEMS = ("demo", "function", "burgers", "poisson")
 # (key, tool label); the order is the run order (training budgets need the lsr rows first)
@@ -95,13 +67,22 @@ DENSE_LIMIT_BYTES = 6 * 2**30
 BUDGET_CAP_S = 180.0
 
 
+def _cache() -> Path:
+    """Where trained demo models and Burgers data are kept between runs."""
+    default = Path(tempfile.gettempdir()) / "lsr_peers_cache"
+    path = Path(os.environ.get("LSR_PEERS_CACHE", default))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 # ---------------------------------------------------------------------- problems
-def _flat_names(p):
-    return list(p.keys())
-
-
 def _to_vec(d, names):
     return torch.cat([d[k].reshape(-1) for k in names])
+
+
+def _jac_matrix(jd, names):
+    """A dict of per-parameter Jacobian blocks (rows first) as one matrix."""
+    return torch.cat([jd[k].reshape(jd[k].shape[0], -1) for k in names], 1)
 
 
 def _to_dict(v, p0):
@@ -163,11 +144,9 @@ def _mlp_case(name, prob, model, quick, meta):
         def f1(pp, xi):
             return functional_call(model64, pp, (xi[None],)).reshape(())
 
-        names = _flat_names(p)
         row = 0
         for i in range(0, len(x), 256):
-            jd = vmap(jacrev(f1), in_dims=(None, 0))(p, x[i : i + 256])
-            blk = torch.cat([jd[k].reshape(jd[k].shape[0], -1) for k in names], 1)
+            blk = _jac_matrix(vmap(jacrev(f1), in_dims=(None, 0))(p, x[i : i + 256]), list(p))
             out[row : row + blk.shape[0]] = blk.numpy()
             row += blk.shape[0]
         return out
@@ -186,8 +165,7 @@ def demo_case(quick=False):
         prob = FunctionProblem(n_train=2000)  # as `lsr-scale demo`: seed 0, [2, 32x3, 1]
         epochs = 10000
     model = prob.make_model()
-    CACHE.mkdir(parents=True, exist_ok=True)
-    ck = CACHE / f"demo{'_quick' if quick else ''}.pt"
+    ck = _cache() / f"demo{'_quick' if quick else ''}.pt"
     if ck.exists():
         blob = torch.load(ck)
         model.load_state_dict(blob["state"])
@@ -216,8 +194,7 @@ def burgers_case(quick=False):
     from lsr_scale.problems._burgers import BurgersProblem, DeepONetGrid
     from lsr_scale.problems._checkpoint import checkpoint_path, load_checkpoint
 
-    CACHE.mkdir(parents=True, exist_ok=True)
-    ck = CACHE / "burgers_data.pt"
+    ck = _cache() / "burgers_data.pt"
     if ck.exists():
         d = torch.load(ck)
         prob = BurgersProblem.__new__(BurgersProblem)
@@ -300,20 +277,16 @@ def poisson_case(quick=False):
 
     def dense_jac(p, out):
         # rows in stack_residuals' order and scaling: [sqrt(N/N_int) r_pde; sqrt(w N/N_bc) r_bc]
-        names = _flat_names(p)
+        names = list(p)
         s_pde = math.sqrt(n_tot / prob.n_interior)
         s_bc = math.sqrt(prob.bc_weight * n_tot / prob.n_boundary)
         row = 0
         for i in range(0, prob.n_interior, 200):
             blk = prob.blocks(net, x_int=prob.x_int[i : i + 200])["pde"]
-            jd = jacrev(blk)(p)
-            j = torch.cat([jd[k].reshape(jd[k].shape[0], -1) for k in names], 1) * s_pde
+            j = _jac_matrix(jacrev(blk)(p), names) * s_pde
             out[row : row + j.shape[0]] = j.numpy()
             row += j.shape[0]
-        jd = jacrev(prob.blocks(net)["bc"])(p)
-        out[row:] = (
-            torch.cat([jd[k].reshape(jd[k].shape[0], -1) for k in names], 1) * s_bc
-        ).numpy()
+        out[row:] = (_jac_matrix(jacrev(prob.blocks(net)["bc"])(p), names) * s_bc).numpy()
         return out
 
     c.dense_jac = dense_jac
@@ -322,8 +295,7 @@ def poisson_case(quick=False):
     return c
 
 
-CASES = {"demo": demo_case, "function": function_case, "burgers": burgers_case,
-         "poisson": poisson_case}  # fmt: skip
+CASES = dict(demo=demo_case, function=function_case, burgers=burgers_case, poisson=poisson_case)
 
 # settings per problem: scipy lsmr iterations (curvlinops and dense: the same solver, so
 # the two rows differ only in how a product is taken), and the "best settings" rows
@@ -357,9 +329,13 @@ def _lsr_row(c, key, cfg, quick):
             cand = cfg["subspace_candidates"]
             method = ls.Subspace(rank="auto", rank_candidates=cand)
             r = ls.refine(
-                c.model64, method=method, validation=c.validation, dtype=torch.float64,
-                **c.refine64, **kw,
-            )  # fmt: skip
+                c.model64,
+                method=method,
+                validation=c.validation,
+                dtype=torch.float64,
+                **c.refine64,
+                **kw,
+            )
             settings = (
                 "float64, rank chosen on held-out validation data from "
                 f"{cand or 'the default grid'}"
@@ -534,9 +510,14 @@ def _train_row(c, key, budget, quick):
         settings = f"Adam lr {lr0:g} decaying 100x over the budget (exponential in time), float64"
     elif key == "lbfgs":
         opt = torch.optim.LBFGS(
-            p.values(), lr=1.0, max_iter=20, history_size=50, line_search_fn="strong_wolfe",
-            tolerance_grad=0.0, tolerance_change=0.0,
-        )  # fmt: skip
+            p.values(),
+            lr=1.0,
+            max_iter=20,
+            history_size=50,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=0.0,
+            tolerance_change=0.0,
+        )
         settings = "torch.optim.LBFGS(lr=1, max_iter=20, history_size=50, strong_wolfe), float64"
     else:
         settings = (
@@ -603,24 +584,31 @@ def _train_row(c, key, budget, quick):
     )
 
 
-def _cupyx_row(c, cfg, quick):
+def _cupyx_absent() -> str | None:
+    """Why the cupyx row cannot run here (None: it can)."""
     if not torch.cuda.is_available():
-        return dict(absent="no GPU on this machine (torch.cuda.is_available() is False)")
-    try:
-        import cupy as cp
-        from cupyx.scipy.sparse.linalg import LinearOperator as CuLO
-        from cupyx.scipy.sparse.linalg import lsmr as culsmr
-    except ImportError:
-        return dict(absent="cupy is not installed (pip install '.[cuda]')")
+        return "no GPU on this machine (torch.cuda.is_available() is False)"
+    if importlib.util.find_spec("cupy") is None:
+        return "cupy is not installed (pip install '.[cuda]')"
+    return None
+
+
+def _cupyx_row(c, cfg, quick):
+    import cupy as cp
+    from cupyx.scipy.sparse.linalg import LinearOperator as CuLO
+    from cupyx.scipy.sparse.linalg import lsmr as culsmr
+
+    if "data" not in c.refine64:
+        return dict(absent="this problem's residual closure holds CPU tensors; GPU row not wired")
     # matrix-free: torch.func JVP/VJP of the residual on the GPU, cupyx lsmr on top
     dev = torch.device("cuda")
-    c.model64.to(dev)
+    model = copy.deepcopy(c.model64).to(dev)
+    x, y = (t.to(dev) for t in c.refine64["data"])
     cached = {k: v.to(dev) for k, v in c.p0.items()}
-    res = lambda p: c.residual(p)  # noqa: E731  (closures hold CPU data: moved below)
-    try:
-        c.residual(cached)
-    except RuntimeError:
-        return dict(absent="this problem's residual closure holds CPU tensors; GPU row not wired")
+
+    def res(p):
+        return (functional_call(model, p, (x,)) - y).reshape(-1)
+
     _, vjp_fn = vjp(res, cached)
     cnt = _Counted()
 
@@ -637,13 +625,21 @@ def _cupyx_row(c, cfg, quick):
     A = CuLO((c.n, c.m), matvec=mv, rmatvec=rmv, dtype=cp.float64)
     b = -cp.asarray(res(cached).detach())
     out = culsmr(A, b, atol=1e-8, btol=1e-8, maxiter=cfg["lsmr_maxiter"])
-    x = torch.as_tensor(out[0], device=dev).cpu()
-    c.model64.to("cpu")
-    return dict(rel_l2=c.lin_err(_to_dict(x, c.p0)), products=cnt.mv + cnt.rmv, device="cuda")
+    delta = torch.as_tensor(out[0], device=dev).cpu()
+    return dict(rel_l2=c.lin_err(_to_dict(delta, c.p0)), products=cnt.mv + cnt.rmv, device="cuda",
+                settings=f"cupyx lsmr atol=btol=1e-8, maxiter={cfg['lsmr_maxiter']}, torch.func "
+                "JVP/VJP on the GPU, float64")  # fmt: skip
+
+
+def _absent_row(problem, key, why) -> dict:
+    return dict(problem=problem, key=key, tool=TOOL_LABEL[key], rel_l2=None, wall_s=None,
+                peak_mem_bytes=None, products=None, device="cpu", absent=why)  # fmt: skip
 
 
 def run_row(problem, key, quick, budget):
     """Build the case and run one row in this process; returns the row dict."""
+    if key == "cupyx_lsmr" and _cupyx_absent():  # before building the case (it may train)
+        return _absent_row(problem, key, _cupyx_absent())
     t_setup = time.perf_counter()
     c = CASES[problem](quick)
     t_setup = time.perf_counter() - t_setup
@@ -651,7 +647,7 @@ def run_row(problem, key, quick, budget):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t0 = time.perf_counter()
-        with PeakMemory("cpu") as pm:
+        with peak_memory("cpu") as pm:
             if key == "trained":
                 out = dict(rel_l2=c.net_err(c.p0), products=0, settings=c.meta["train"])
             elif key in LSR_ROWS:
@@ -688,114 +684,91 @@ def run_row(problem, key, quick, budget):
 
 
 # ---------------------------------------------------------------------- driver
-def _load(path):
-    return json.loads(path.read_text()) if path.exists() else {"rows": []}
+def _worker(spec: dict) -> dict:
+    """One row in a fresh process (:func:`run_isolated`'s target)."""
+    return run_row(spec["problem"], spec["key"], quick=False, budget=spec["budget"])
 
 
-def _budget(doc, problem, quick):
+def _isolated_row(problem, key, args, budget) -> dict:
+    spec = dict(problem=problem, key=key, budget=budget)
+    t0 = time.perf_counter()
+    try:
+        return run_isolated(
+            "lsr_scale.bench.peers:_worker", spec, timeout=args.row_timeout, threads=args.threads
+        )
+    except RuntimeError as err:
+        why = "failed: " + " | ".join(str(err).strip().splitlines()[-3:])
+    except subprocess.TimeoutExpired:
+        why = (
+            f"timed out: no result within {args.row_timeout} s on this shared CPU "
+            f"(ran {time.perf_counter() - t0:.0f} s)"
+        )
+    return _absent_row(problem, key, why)
+
+
+def _budget(rec, problem, quick):
     if quick:
         return 1.0
-    walls = [r["wall_s"] for r in doc["rows"] if r["problem"] == problem and r["key"] in LSR_ROWS]
+    walls = [r["wall_s"] for r in rec.rows if r["problem"] == problem and r["key"] in LSR_ROWS]
     walls = [w for w in walls if w]
     return min(BUDGET_CAP_S, max(walls)) if walls else 60.0
 
 
-def _subprocess_row(problem, key, args, budget):
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        tmp = f.name
-    cmd = [
-        sys.executable, __file__, "--worker", problem, key, "--threads", str(args.threads),
-        "--budget", str(budget), "--worker-out", tmp,
-    ]  # fmt: skip
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, timeout=args.row_timeout, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = (proc.stderr or "").strip().splitlines()[-3:]
-            return dict(
-                problem=problem, key=key, tool=TOOL_LABEL[key], rel_l2=None, wall_s=None,
-                peak_mem_bytes=None, products=None, device="cpu",
-                absent="failed: " + " | ".join(tail),
-            )  # fmt: skip
-        return json.loads(Path(tmp).read_text())
-    except subprocess.TimeoutExpired:
-        return dict(
-            problem=problem, key=key, tool=TOOL_LABEL[key], rel_l2=None,
-            wall_s=None, peak_mem_bytes=None, products=None, device="cpu",
-            absent=f"timed out: no result within {args.row_timeout} s on this shared CPU "
-            f"(ran {time.perf_counter() - t0:.0f} s)",
-        )  # fmt: skip
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per row")
-    ap.add_argument("--problems", nargs="*", default=list(PROBLEMS), choices=PROBLEMS)
-    ap.add_argument("--tools", nargs="*", default=[k for k, _ in TOOLS], choices=list(TOOL_LABEL))
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, in-process (smoke test)")
-    ap.add_argument("--out", default=None, help="output prefix (default bench/results/peers_cpu)")
-    ap.add_argument("--img", default=None, help="plot directory (default docs/img)")
-    ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--plot-only", action="store_true", help="redraw table and plots only")
-    ap.add_argument("--row-timeout", type=int, default=600, help="seconds per row subprocess")
-    ap.add_argument("--redo", nargs="*", default=[], help="problem:key rows to run again")
-    ap.add_argument("--worker", nargs=2, metavar=("PROBLEM", "TOOL"), help=argparse.SUPPRESS)
-    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
-    ap.add_argument("--budget", type=float, default=60.0, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if args.worker:
-        row = run_row(*args.worker, quick=args.quick, budget=args.budget)
-        Path(args.worker_out).write_text(json.dumps(row, default=float))
-        return row
-    if args.quick and "poisson" not in args.problems and "demo" not in args.problems:
-        ap.error("--quick: only demo and poisson have quick sizes")
-    out = Path(args.out) if args.out else OUT
-    img = Path(args.img) if args.img else (out.parent if args.out else IMG)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    path = out.with_suffix(".json")
-    doc = _load(path)
-    doc["device"] = (
-        f"CPU ({platform.processor() or platform.machine()}), {args.threads} torch thread(s) "
-        f"per row, torch {torch.__version__}"
-    )
-    doc["command"] = "python bench/bench_peers.py --threads " + str(args.threads)
-    if not args.plot_only:
-        redo = {tuple(s.split(":")) for s in args.redo}
-        doc["rows"] = [r for r in doc["rows"] if (r["problem"], r["key"]) not in redo]
-        for problem in args.problems:
-            for key in args.tools:  # in the order given (default: TOOLS)
-                if any(
-                    r["problem"] == problem and r["key"] == key and not r.get("pending")
-                    for r in doc["rows"]
-                ):
-                    continue
-                # a placeholder ("pending": a row a session had no time for) is replaced
-                doc["rows"] = [
-                    r for r in doc["rows"] if not (r["problem"] == problem and r["key"] == key)
-                ]
-                budget = _budget(doc, problem, args.quick)
-                t0 = time.perf_counter()
-                if args.quick:
-                    row = run_row(problem, key, quick=True, budget=budget)
-                else:
-                    row = _subprocess_row(problem, key, args, budget)
-                row["load_1min"] = os.getloadavg()[0]
-                row["date"] = time.strftime("%Y-%m-%d %H:%M")
-                doc["rows"].append(row)
-                path.write_text(json.dumps(doc, indent=1, default=float) + "\n")
-                print(
-                    f"{problem:9s} {key:17s} rel_l2={row.get('rel_l2')} wall={row.get('wall_s')} "
-                    f"({time.perf_counter() - t0:.0f} s) {row.get('absent', '')}",
-                    flush=True,
+@suite("peers", "lsr_scale beside curvlinops, dense scipy and continued training")
+def run(args):
+    gpu = args.device.type == "cuda"  # on a GPU: the cupyx row, on the paper-size MLP
+    problems = args.problems or (["function"] if gpu else list(PROBLEMS))
+    tools = args.tools or (["cupyx_lsmr"] if gpu else list(TOOL_LABEL))
+    if args.quick and not {"demo", "poisson"} & set(problems):
+        raise SystemExit("peers --quick: only demo and poisson have quick sizes")
+    rec = Record("peers", out=args.out, device=args.device, quick=args.quick)
+    full = args.out == DEFAULT_OUT and not args.quick  # the docs figures from full runs only
+    img = Path(args.img or (Path("docs") / "img" if full else args.out))
+    redo = {tuple(s.split(":")) for s in args.redo}
+    rec.rows = [r for r in rec.rows if (r["problem"], r["key"]) not in redo]
+    for problem in [] if args.plot_only else problems:
+        for key in tools:  # in the order given (default: TOOLS)
+            # a placeholder ("pending": a row a session had no time for) is replaced
+            if not (rec.get(problem=problem, key=key) or {"pending": 1}).get("pending"):
+                continue
+            budget = _budget(rec, problem, args.quick)
+            t0 = time.perf_counter()
+            if args.quick:
+                row = run_row(problem, key, quick=True, budget=budget)
+            else:
+                row = _isolated_row(problem, key, args, budget)
+            load = load_info()["loadavg"]
+            row.update(load_1min=load[0] if load else None, date=time.strftime("%Y-%m-%d %H:%M"))
+            rec.add(row, key=("problem", "key"))
+            took = f"({time.perf_counter() - t0:.0f} s) {row.get('absent', '')}"
+            print(
+                f"{problem:9s} {key:17s} rel_l2={row.get('rel_l2')} wall={row.get('wall_s')} "
+                + took,
+                flush=True,
+            )
+            _markdown(rec, args)
+    _markdown(rec, args)
+    if not args.no_plot and (args.img or not gpu):  # the figures are of the CPU rows
+        for problem in PROBLEMS:
+            rows = [r for r in rec.rows if r["problem"] == problem]
+            if rows:
+                rec.plot(
+                    lambda fig, ax, p=problem, rs=rows: _draw(fig, ax, p, rs),
+                    path=img / f"peers_{problem}.png",
                 )
-                write_markdown(doc, out.with_suffix(".md"))
-    write_markdown(doc, out.with_suffix(".md"))
-    if not args.no_plot:
-        plot(doc, img)
-    return doc
+
+
+@run.options
+def _(parser):
+    parser.add_argument("--problems", nargs="*", choices=PROBLEMS, help="default: all (GPU: "
+                        "function)")  # fmt: skip
+    parser.add_argument("--tools", nargs="*", choices=list(TOOL_LABEL), help="default: all (GPU: "
+                        "cupyx_lsmr)")  # fmt: skip
+    parser.add_argument("--img", default=None, help="plot folder (default docs/img, or --out)")
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--plot-only", action="store_true", help="redraw table and plots only")
+    parser.add_argument("--row-timeout", type=int, default=600, help="seconds per row process")
+    parser.add_argument("--redo", nargs="*", default=[], help="problem:key rows to run again")
 
 
 # ---------------------------------------------------------------------- outputs
@@ -805,89 +778,71 @@ def _fmt_bytes(b):
     return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.0f} MiB"
 
 
-def write_markdown(doc, path):
-    lines = [
-        "# lsr_scale and its peers",
-        "",
-        f"Device: {doc['device']}. Command: `{doc['command']}`. Each row ran in a fresh "
-        "subprocess; `peak mem` is that process's peak RSS over the row (problem setup "
-        "included). `products`: JVPs + VJPs (lsr_scale, curvlinops), gradient evaluations "
-        "(training), or the per-row VJPs that built the dense Jacobian (dense rows; their "
-        "solver then used dense matvecs). Continued training ran for the wall time of the "
-        "slowest lsr_scale row on that problem (capped at "
+COLUMNS = [
+    ("tool", "tool"),
+    ("rel_l2:.3e", "test rel. L2"),
+    ("wall_s:.1f", "wall (s)"),
+    (lambda r: _fmt_bytes(r.get("peak_mem_bytes")), "peak mem"),
+    ("products", "products"),
+    (lambda r: r.get("absent") or r.get("settings", ""), "settings / why absent"),
+]
+
+
+def _markdown(rec, args) -> str:
+    intro = (
+        "Each row ran in a fresh subprocess (`--quick`: in-process); `peak mem` is that "
+        "process's peak RSS over the row (problem setup included). `products`: JVPs + VJPs "
+        "(lsr_scale, curvlinops), gradient evaluations (training), or the per-row VJPs that "
+        "built the dense Jacobian (dense rows; their solver then used dense matvecs). Continued "
+        "training ran for the wall time of the slowest lsr_scale row on that problem (capped at "
         f"{BUDGET_CAP_S:.0f} s). The machine is shared: wall times are noisy (1-min load "
-        "average recorded per row in the JSON).",
-        "",
-    ]
+        "average recorded per row in the JSON)."
+    )
+    order = {k: i for i, (k, _) in enumerate(TOOLS)}
+    sections = [intro]
     for problem in PROBLEMS:
-        rows = [r for r in doc["rows"] if r["problem"] == problem]
-        if not rows:
-            continue
-        r0 = rows[0]
-        lines += [
-            f"## {problem} ({r0.get('n_rows', 0):,} rows x {r0.get('n_params', 0):,} parameters)",
-            "",
-            "| tool | test rel. L2 | wall (s) | peak mem | products | settings / why absent |",
-            "|---|---:|---:|---:|---:|---|",
-        ]
-        order = {k: i for i, (k, _) in enumerate(TOOLS)}
-        for r in sorted(rows, key=lambda r: order[r["key"]]):
-            err = "" if r.get("rel_l2") is None else f"{r['rel_l2']:.3e}"
-            wall = "" if r.get("wall_s") is None else f"{r['wall_s']:.1f}"
-            prod = "" if r.get("products") is None else f"{r['products']:,}"
-            note = r.get("absent") or r.get("settings", "")
-            lines.append(
-                f"| {r['tool']} | {err} | {wall} | {_fmt_bytes(r.get('peak_mem_bytes'))} "
-                f"| {prod} | {note} |"
+        rows = sorted(
+            (r for r in rec.rows if r["problem"] == problem), key=lambda r: order[r["key"]]
+        )
+        if rows:
+            n, m = rows[0].get("n_rows", 0), rows[0].get("n_params", 0)
+            sections.append(
+                f"## {problem} ({n:,} rows x {m:,} parameters)\n\n" + md_table(COLUMNS, rows)
             )
-        lines.append("")
-    Path(path).write_text("\n".join(lines))
+    return rec.markdown("lsr_scale and its peers", None, command=args.command, more=sections)
 
 
-def plot(doc, img):
-    try:
-        import matplotlib
+MARKERS = dict(
+    subspace_default="o",
+    krylov_default="s",
+    subspace_best="h",
+    krylov_best="D",
+    curvlinops_lsmr="^",
+    dense_lsmr="v",
+    dense_lstsq="*",
+    cupyx_lsmr="P",
+)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plots", file=sys.stderr)
-        return
-    img = Path(img)
-    img.mkdir(parents=True, exist_ok=True)
-    markers = dict(
-        subspace_default="o", krylov_default="s", subspace_best="O", krylov_best="D",
-        curvlinops_lsmr="^", dense_lsmr="v", dense_lstsq="*", cupyx_lsmr="P",
-    )  # fmt: skip
-    for problem in PROBLEMS:
-        rows = [r for r in doc["rows"] if r["problem"] == problem]
-        if not rows:
+
+def _draw(fig, ax, problem, rows):
+    fig.set_size_inches(7.5, 4.8)
+    for r in rows:
+        if r.get("rel_l2") is None:
             continue
-        fig, ax = plt.subplots(figsize=(7.5, 4.8))
-        for r in rows:
-            if r.get("rel_l2") is None:
-                continue
-            if r["key"] == "trained":
-                ax.axhline(r["rel_l2"], color="gray", ls="--", lw=1, label=r["tool"])
-            elif r.get("curve"):
-                cv = np.array(r["curve"], dtype=float)
-                cv[0, 0] = max(cv[0, 0], 1e-1)
-                ax.plot(cv[:, 0], cv[:, 1], "-", label=r["tool"])
-            elif r.get("wall_s"):
-                mk = markers.get(r["key"], "o")
-                mk = "h" if mk == "O" else mk
-                ax.plot(r["wall_s"], r["rel_l2"], mk, ms=8, label=r["tool"])
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("wall time (s), CPU, 1 thread")
-        ax.set_ylabel("test rel. L2")
-        ax.set_title(f"{problem}: test error against wall time")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        fig.savefig(img / f"peers_{problem}.png", dpi=90)
-        plt.close(fig)
-
-
-if __name__ == "__main__":
-    main()
+        if r["key"] == "trained":
+            ax.axhline(r["rel_l2"], color="gray", ls="--", lw=1, label=r["tool"])
+        elif r.get("curve"):
+            cv = np.array(r["curve"], dtype=float)
+            cv[0, 0] = max(cv[0, 0], 1e-1)
+            ax.plot(cv[:, 0], cv[:, 1], "-", label=r["tool"])
+        elif r.get("wall_s"):
+            ax.plot(r["wall_s"], r["rel_l2"], MARKERS.get(r["key"], "o"), ms=8, label=r["tool"])
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="wall time (s), CPU, 1 thread",
+        ylabel="test rel. L2",
+        title=f"{problem}: test error against wall time",
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
