@@ -1,0 +1,466 @@
+"""The measured figures the docs quote are the recorded ones.
+
+Tables copied whole from ``bench/results/<stem>.md`` are checked by ``test_docs_tables.py``.
+This file checks the rest against their JSON sources: the tables of ``docs/results.md``
+laid out by hand, the precision tables of ``docs/solvers.md``, and the figures the prose
+quotes. A quoted figure agrees with its source when they differ by at most half a unit in
+the figure's last digit (``1.22e-7`` stands for anything in ``[1.215e-7, 1.225e-7]``,
+``5,632x`` for ``[5631.5, 5632.5]``), and memory is quoted in MiB or GiB of 2^20 and 2^30
+bytes. It also checks that the guide's list of ``refine``'s ``info`` keys names every key
+that real calls return.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import lsr_scale as ls
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+spec = importlib.util.spec_from_file_location("docs_tables", ROOT / "bench" / "docs_tables.py")
+docs_tables = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(docs_tables)
+
+NUMBER = re.compile(r"(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+
+
+def _json(path: str):
+    return json.loads((ROOT / path).read_text())
+
+
+def parse(figure: str) -> tuple[float, float]:
+    """The value of a quoted figure and half a unit in its last digit."""
+    m = re.fullmatch(r"-?(\d+)(?:\.(\d+))?(?:[eE]([+-]?\d+))?", figure.replace(",", ""))
+    assert m, f"not a figure: {figure!r}"
+    return float(figure.replace(",", "")), 0.5 * 10.0 ** (
+        int(m.group(3) or 0) - len(m.group(2) or "")
+    )
+
+
+def agrees(figure: str, value: float, what: str = "") -> None:
+    quoted, tol = parse(figure)
+    assert abs(quoted - value) <= tol * (1 + 1e-9), (
+        f"{what}: the docs say {figure}, the source {value!r}"
+    )
+
+
+def figures(text: str) -> list[str]:
+    return NUMBER.findall(text.replace("**", ""))
+
+
+def first(cell: str) -> str:
+    found = figures(cell)
+    assert found, f"no figure in {cell!r}"
+    return found[0]
+
+
+def agrees_mem(cell: str, nbytes: int, what: str = "") -> None:
+    unit = 2**30 if "GiB" in cell else 2**20 if "MiB" in cell else None
+    assert unit, f"{what}: no unit in {cell!r}"
+    agrees(first(cell), nbytes / unit, what)
+
+
+def section(page: str, heading: str) -> str:
+    """The text of ``page`` from the heading that starts with ``heading`` to the next one of
+    the same or a higher level."""
+    text = (DOCS / page).read_text()
+    m = re.search(rf"^(#+) {re.escape(heading)}.*$", text, re.M)
+    assert m, f"{page}: no heading {heading!r}"
+    level = len(m.group(1))
+    rest = text[m.end() :]
+    end = re.search(rf"^#{{1,{level}}} ", rest, re.M)
+    return rest[: end.start()] if end else rest
+
+
+def rows(table: str) -> list[dict[str, str]]:
+    """A markdown table as one dict (header -> cell) per body row."""
+    lines = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.splitlines()]
+    head = lines[0]
+    return [dict(zip(head, cells)) for cells in lines[2:]]
+
+
+def test_figures_parse_to_half_a_unit_in_the_last_digit():
+    assert parse("1.22e-7") == pytest.approx((1.22e-7, 0.5e-9))
+    assert parse("5,632") == (5632.0, 0.5)
+    agrees("1.22e-7", 1.2152e-7)
+    with pytest.raises(AssertionError):
+        agrees("1.22e-7", 1.2252e-7)
+    with pytest.raises(AssertionError):
+        agrees_mem("8.24 GiB", 8.30 * 2**30)
+    assert figures("k=500, 4 outer; **7.05e-4** (268 s)") == ["500", "4", "7.05e-4", "268"]
+
+
+# -- docs/results.md: the `lsr-scale reproduce` tables ------------------------------------
+
+REPRODUCE = [
+    ("1. Function approximation", 1, "docs/results/function.json", None),
+    ("2. Burgers DeepONet", 1, "docs/results/burgers.json", None),
+    ("2. Burgers DeepONet", 3, "docs/results/burgers_fixed_k1000.json", ["subspace", "krylov"]),
+    ("3. Physics-informed antiderivative", 1, "docs/results/antiderivative.json", None),
+    ("4. Poisson PINN", 1, "docs/results/poisson.json", None),
+]
+
+
+@pytest.mark.parametrize("heading, k, source, methods", REPRODUCE)
+def test_reproduce_tables_quote_their_json(heading, k, source, methods):
+    """Row i of the table is record i of the JSON (of the named methods, in order)."""
+    table = docs_tables.tables(section("results.md", heading))[k - 1]
+    body, records = rows(table), _json(source)
+    if methods is not None:
+        records = [r for r in records if r["method"] in methods]
+    assert len(body) == len(records), f"{heading}: {len(body)} rows for {len(records)} records"
+    for row, rec in zip(body, records):
+        what = f"{heading}, {rec['method']}"
+        err = row.get("rel. L2", row.get("mean rel. L2"))
+        agrees(first(err), rec["rel_l2"], what + " rel. L2")
+        if rec.get("reduction") is not None:
+            agrees(first(row["reduction"]), rec["reduction"], what + " reduction")
+        wall = next(v for h, v in row.items() if h.startswith("wall"))
+        agrees(first(wall), rec["wall_s"], what + " wall")
+        agrees_mem(row["peak mem"], rec["peak_mem_bytes"], what + " peak mem")
+        ri = row["rank / iters"]
+        if "k=" in ri:
+            agrees(first(ri), rec["rank"], what + " rank")
+        elif ri:
+            agrees(first(ri), rec["iterations"], what + " iterations")
+        paper = row.get("paper", "")
+        if rec.get("paper") is not None and figures(paper):
+            agrees(first(paper), rec["paper"], what + " paper")
+
+
+def test_burgers_validation_scan_quotes_the_rank_scan():
+    table = docs_tables.tables(section("results.md", "2. Burgers DeepONet"))[1]
+    lines = [line.strip("|").split("|") for line in table.splitlines()]
+    ranks = [parse(first(c))[0] for c in lines[0][1:]]
+    scan = {r["rank"]: r["val_rel_l2"] for r in _json("docs/results/burgers.json")[1]["rank_scan"]}
+    assert ranks == sorted(scan)
+    for k, cell in zip(ranks, lines[2][1:]):
+        agrees(first(cell), scan[k], f"validation scan k={k}")
+
+
+def test_poisson_error_against_time_quotes_the_curves():
+    curves = _json("docs/results/poisson_curves.json")
+    table = docs_tables.tables(section("results.md", "4. Poisson PINN"))[1]
+    body = rows(table)
+    assert len(body) == len(curves["iterative"])
+    for i, row in enumerate(body):
+        times = [float(t) for t in re.findall(r"\d+", row["wall (s)"])]
+        lo, hi = min(times) - 1, max(times) + 1
+        net_t, net = curves["iterative"][i]
+        assert lo <= net_t <= hi, f"row {i}: the network's point is at {net_t} s"
+        agrees(first(row["Iterative: network"]), net, f"row {i} network")
+        if i:
+            agrees(first(row["Iterative: LSR predictor"]), curves["iterative_lsr"][i - 1][1])
+        # each L-BFGS figure is a point of its curve inside the row's time range
+        for fig in re.findall(r"\d\.\d+e-\d+|0\.\d+", row["L-BFGS alone"]):
+            ok = [
+                e
+                for t, e in curves["lbfgs"]
+                if lo <= t <= hi and abs(parse(fig)[0] - e) <= parse(fig)[1]
+            ]
+            assert ok, f"row {i}: L-BFGS {fig} is no point of the curve in [{lo}, {hi}] s"
+
+
+def test_fourier_table_quotes_its_json():
+    src = _json("bench/results/fourier_refine_cpu.json")
+    body = rows(docs_tables.tables(section("results.md", "5. Fourier layer"))[0])
+    assert len(body) == len(src["runs"])
+    for row, run in zip(body, src["runs"]):
+        before, after = figures(row["test rel. L2, trained → refined"])
+        agrees(before, src["before_test_rel_l2"], "before")
+        agrees(after, run["after_test_rel_l2"], run["settings"])
+        agrees(first(row["gain"]), run["gain"], run["settings"])
+        agrees(first(row["refine wall (s)"]), run["refine_s"], run["settings"])
+
+
+# -- docs/solvers.md: the precision tables -------------------------------------------------
+
+CASES = {"demo MLP": "demo", "user MLP": "user", "Poisson PINN": "pinn"}
+
+
+def _precision():
+    return {(r["case"], r["variant"]): r for r in _json("bench/results/precision_cpu.json")["rows"]}
+
+
+def test_precision_table_quotes_its_json():
+    src = _precision()
+    columns = {
+        "trained": "trained",
+        "subspace (defaults)": "subspace",
+        "float32 Krylov (0.1)": "f32",
+        "mixed": "mixed",
+        "mixed + noise-floor cut": "mixed+floor",
+        "float64 products": "f64",
+    }
+    body = rows(docs_tables.tables(section("solvers.md", "Precision of the Krylov route"))[0])
+    assert [r["case"] for r in body] == list(CASES)
+    for row in body:
+        for col, variant in columns.items():
+            rec = src[CASES[row["case"]], variant]
+            agrees(first(row[col]), rec["rel_l2"], f"{row['case']} {col}")
+
+
+def test_stopping_table_quotes_the_default_rows():
+    src = _precision()
+    body = rows(docs_tables.tables(section("solvers.md", "Stopping"))[0])
+    assert [r["case"] for r in body] == list(CASES)
+    for row in body:
+        case = CASES[row["case"]]
+        agrees(first(row["subspace (defaults)"]), src[case, "subspace"]["rel_l2"], case)
+        rec = src[case, "default"]
+        agrees(first(row["Krylov (defaults)"]), rec["rel_l2"], case)
+        assert int(row["iterations"]) == rec["iterations"], case
+        assert (row["stopped by"] == "stall rule") == rec["stop"].startswith("stalled"), case
+
+
+# -- figures quoted in prose ---------------------------------------------------------------
+
+
+def _by(path: str) -> dict:
+    return {r["method"]: r for r in _json(path)}
+
+
+def _peers() -> dict:
+    return {(r["problem"], r["key"]): r for r in _json("bench/results/peers_cpu.json")["rows"]}
+
+
+def _prose():
+    fn, anti = _by("docs/results/function.json"), _by("docs/results/antiderivative.json")
+    poi, peers = _by("docs/results/poisson.json"), _peers()
+    rank = {r["rank"]: r for r in _json("bench/results/precond_rank_cpu.json")["rows"]}
+
+    def p(problem, key, field="rel_l2"):
+        return peers[problem, key][field]
+
+    # (page, text as the page has it, the source of each figure in it in order; None: not
+    # a measured figure)
+    return [
+        (
+            "results.md",
+            "5.43e-2 → 9.65e-6 (**5,632x**, k=300), Krylov 4.91e-6 (**11,065x**)",
+            [
+                fn["trained"]["rel_l2"],
+                fn["subspace"]["rel_l2"],
+                fn["subspace"]["reduction"],
+                300,
+                fn["krylov"]["rel_l2"],
+                fn["krylov"]["reduction"],
+            ],
+        ),
+        (
+            "results.md",
+            "7.11e-3 → **1.22e-7** (k=40), Krylov 1.64e-7",
+            [anti["trained"]["rel_l2"], anti["subspace"]["rel_l2"], 40, anti["krylov"]["rel_l2"]],
+        ),
+        (
+            "results.md",
+            "0.545 → **7.05e-4** (LSR predictor, 772x), aligned network 6.97e-3 (78x). "
+            "L-BFGS alone: 8.16e-3 at 274 s vs 268 s",
+            [
+                poi["trained"]["rel_l2"],
+                poi["iterative"]["rel_l2"],
+                poi["iterative"]["reduction"],
+                poi["iterative_network"]["rel_l2"],
+                poi["iterative_network"]["reduction"],
+                poi["lbfgs"]["rel_l2"],
+                poi["lbfgs"]["wall_s"],
+                poi["iterative"]["wall_s"],
+            ],
+        ),
+        (
+            "results.md",
+            "The margin over L-BFGS is 11.6x",
+            [poi["lbfgs"]["rel_l2"] / poi["iterative"]["rel_l2"]],
+        ),
+        (
+            "results.md",
+            "Adam ran for only 800\nepochs (float32, 82 s",
+            [None, fn["trained"]["wall_s"]],
+        ),
+        (
+            "peers.md",
+            "**2.7e-5 in 79 s**, building J included; lsr_scale's best row reaches 7.3e-4 "
+            "(subspace,\n  defaults) in 348 s",
+            [
+                p("poisson", "dense_lstsq"),
+                p("poisson", "dense_lstsq", "wall_s"),
+                p("poisson", "subspace_default"),
+                p("poisson", "subspace_default", "wall_s"),
+            ],
+        ),
+        (
+            "peers.md",
+            "(14 s against 18-40 s for\n  lsr_scale), but less accurate: 1.05e-5 against 1.9e-6 "
+            "(Krylov, defaults) and 3.3e-7",
+            [
+                p("demo", "dense_lstsq", "wall_s"),
+                p("demo", "subspace_default", "wall_s"),
+                p("demo", "subspace_best", "wall_s"),
+                p("demo", "dense_lstsq"),
+                p("demo", "krylov_default"),
+                p("demo", "subspace_best"),
+            ],
+        ),
+        (
+            "peers.md",
+            "180 s more of Adam gave 1.58e-2 from 1.62e-2",
+            [None, p("burgers", "adam"), p("burgers", "trained")],
+        ),
+        (
+            "peers.md",
+            "the Krylov\n  defaults make it worse (2.6e-2)",
+            [p("burgers", "krylov_default")],
+        ),
+        (
+            "peers.md",
+            "Krylov with defaults, 1.9e-6 in 19 s, against 8.0e-4 for curvlinops + scipy lsmr\n"
+            "    after 3,000 iterations (139 s) and 8.1e-4 for the same lsmr on the dense J (58 s)",
+            [
+                p("demo", "krylov_default"),
+                p("demo", "krylov_default", "wall_s"),
+                p("demo", "curvlinops_lsmr"),
+                None,
+                p("demo", "curvlinops_lsmr", "wall_s"),
+                p("demo", "dense_lsmr"),
+                p("demo", "dense_lsmr", "wall_s"),
+            ],
+        ),
+        (
+            "peers.md",
+            "Krylov with defaults, 2.3e-7 in 166 s;\n    subspace with defaults (k = 1,000, "
+            "float32), 1.3e-5 in 131 s",
+            [
+                p("function", "krylov_default"),
+                p("function", "krylov_default", "wall_s"),
+                None,
+                p("function", "subspace_default"),
+                p("function", "subspace_default", "wall_s"),
+            ],
+        ),
+        (
+            "peers.md",
+            "(Adam 7.0e-3, L-BFGS 7.25e-3,\n    our Gauss-Newton 5.3e-3 from 7.27e-3 on the demo)",
+            [
+                p("demo", "adam"),
+                p("demo", "lbfgs"),
+                p("demo", "gauss_newton"),
+                p("demo", "trained"),
+            ],
+        ),
+        (
+            "peers.md",
+            "(L-BFGS\n    4.7e-2, Adam 0.50, Gauss-Newton 0.15 from 0.54, against 7.3e-4 for LSR)",
+            [
+                p("poisson", "lbfgs"),
+                p("poisson", "adam"),
+                p("poisson", "gauss_newton"),
+                p("poisson", "trained"),
+                p("poisson", "subspace_default"),
+            ],
+        ),
+        (
+            "scale.md",
+            "rank 300 costs\n1.5x the products of rank 100 and is 92x more accurate",
+            [
+                None,
+                rank[300]["products"] / rank[100]["products"],
+                None,
+                rank[100]["rel_l2"] / rank[300]["rel_l2"],
+            ],
+        ),
+    ]
+
+
+def test_prose_figures_quote_their_json():
+    for page, text, sources in _prose():
+        assert text in (DOCS / page).read_text(), f"{page}: the text {text!r} is gone"
+        found = figures(text)
+        assert len(found) == len(sources), f"{page}: {text!r} has figures {found}"
+        for fig, value in zip(found, sources):
+            if value is not None:
+                agrees(fig, value, f"{page}: {text!r}")
+
+
+# -- README: the demo table and the prose under it -----------------------------------------
+
+
+def test_readme_demo_table_quotes_the_recorded_demo():
+    """The errors, iterations and products of the README's table are those of
+    ``bench/results/demo_cpu.json`` (what ``lsr-scale demo`` wrote, seed 0), and the prose under
+    the table quotes the table. The time column is a timing of its own run, not checked."""
+    readme = (ROOT / "README.md").read_text()
+    table = rows(docs_tables.tables(readme.split("## What the demo prints")[1])[0])
+    demo = _json("bench/results/demo_cpu.json")
+    assert len(table) == len(demo)
+    trained = demo[0]["rel_l2"]
+    for row, rec in zip(table, demo):
+        what = rec["method"]
+        assert row["method"].split(" (")[0] == rec["method"].split(" (")[0], what
+        agrees(row["test rel. L2"], rec["rel_l2"], what)
+        agrees(row["reduction"].rstrip("x"), trained / rec["rel_l2"], what)
+        assert row["LSMR iters"] == str(rec["iters"]), what
+        assert row["JVP+VJP"] == rec["products"], what
+    krylov = demo[-1]
+    assert f"stops on its own after {krylov['iters']} iterations" in readme
+    ratio = re.search(r"iterations, ([\d.]+)x more accurate than one-shot LSR", readme).group(1)
+    agrees(ratio, demo[1]["rel_l2"] / krylov["rel_l2"], "Krylov over one-shot")
+
+
+# -- the guide's list of info keys ---------------------------------------------------------
+
+
+def _info_keys() -> set[str]:
+    torch.manual_seed(0)
+    x = torch.randn(48, 2)
+    y = torch.sin(x).sum(1, keepdim=True)
+    labels = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    reg = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    cls = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    val, val_labels = (x[:12], y[:12]), (x[:12], labels[:12])
+    calls = [
+        (reg, y, dict(method=ls.Subspace(rank=5))),
+        (reg, y, dict(method=ls.Subspace(rank="auto"), validation=val)),
+        (
+            reg,
+            y,
+            dict(method=ls.Subspace(rank=5, fraction=0.5, range_finder="streamed", oversample=0)),
+        ),
+        (reg, y, dict(method=ls.Krylov(maxiter=20))),
+        (reg, y, dict(method=ls.Krylov(maxiter=20), validation=val)),
+        (reg, y, dict(method=ls.Krylov(space="sample", maxiter=20))),
+        (
+            cls,
+            labels,
+            dict(loss="cross_entropy", method=ls.Subspace(rank=5), validation=val_labels),
+        ),
+        (cls, labels, dict(loss="softmax_mse", method=ls.Krylov(maxiter=20))),
+    ]
+    keys: set[str] = set()
+    for model, targets, kw in calls:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = ls.refine(
+                model,
+                data=(x, targets),
+                generator=torch.Generator().manual_seed(0),
+                progress_bar=False,
+                **kw,
+            )
+        keys |= set(r.info)
+    return keys
+
+
+def test_guide_lists_every_info_key():
+    listed = section("guide.md", "What `refine` reports")
+    keys = _info_keys()
+    assert {"iterations", "stop", "rank_scan", "steps", "times"} <= keys
+    missing = sorted(k for k in keys if f"`{k}`" not in listed)
+    assert not missing, f"docs/guide.md 'What refine reports' does not name {missing}"
