@@ -158,10 +158,22 @@ class Sketch:
         Rows of the sketch (default ``4 m``).
     sketch : {"sparse_sign", "gaussian", "srht"}
         The embedding.
+    truncate : bool
+        A rank-deficient ``S A`` (``sigma_min(R) <= m eps sigma_max(R)``) is preconditioned
+        on its numerical range (``True``, the default; LSMR then returns the solution on that
+        range) instead of refused (``False``). Jacobians with columns that cannot move the
+        output have one: an FNO's complex weights on the zero and Nyquist frequencies have
+        imaginary parts that ``irfft`` ignores.
+    floor : float, optional
+        Keep only the directions with ``sigma_i(R) >= floor * sigma_1(R)`` (truncating as
+        above): below the noise floor of the products' precision a preconditioner amplifies
+        rounding. :class:`lsr_scale.Krylov` sets it for products narrower than its solve.
     """
 
     sketch_size: int | None = None
     sketch: str = "sparse_sign"
+    truncate: bool = True
+    floor: float | None = None
 
     name = "sketch"
 
@@ -169,12 +181,21 @@ class Sketch:
         if self.sketch_size is not None:
             check_positive_int(self.sketch_size, "Sketch.sketch_size")
         check_choice(self.sketch, ("sparse_sign", "gaussian", "srht"), "Sketch.sketch")
+        if not isinstance(self.truncate, bool):
+            raise TypeError(f"Sketch.truncate: expected True or False, got {self.truncate!r}")
+        if self.floor is not None and not (0 <= self.floor < 1):
+            raise ValueError(f"Sketch.floor: expected a number in [0, 1), got {self.floor!r}")
 
     def build(self, A, *, damp: float = 0.0, generator=None) -> SketchPreconditioner:
         """Build the preconditioner for ``A`` (``damp`` is accepted and not used)."""
+        A = as_operator(A)
+        tol = None
+        if self.floor:  # not below the default m * eps
+            tol = max(float(self.floor), A.shape[1] * torch.finfo(A.dtype).eps)
         return SketchPreconditioner(
-            as_operator(A), self.sketch_size, self.sketch, generator=generator
-        )
+            A, self.sketch_size, self.sketch, generator=generator,
+            truncate=self.truncate or bool(self.floor), rank_tol=tol,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

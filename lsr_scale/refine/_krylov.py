@@ -353,11 +353,17 @@ class Krylov(Method):
                 "sharded over processes (lsr_scale.distributed), got it; use "
                 "ls.precond.Nystrom(...) or None"
             )
-        if mixed and isinstance(spec, Nystrom) and spec.floor is None:
-            spec = dataclasses.replace(spec, floor=noise_floor(J.dtype))
+        # products of a narrower precision (float32 ones, or a float64 model that rounds
+        # inside: problem.narrow_dtype) carry rounding at its eps * sigma_1; a preconditioner
+        # reaching below that level amplifies it, and LSMR's residual then rises
+        low = problem.narrow_dtype or (J.dtype if mixed else None)
+        if low is not None and isinstance(spec, (Nystrom, Sketch)) and spec.floor is None:
+            spec = dataclasses.replace(spec, floor=noise_floor(low))
         if isinstance(spec, Nystrom):
             spec = self._fill_nystrom(spec, J.shape, J.dtype, problem.model_dtype)
         info: dict = {"space": space, "rank": None, "precision": "mixed" if mixed else str(A.dtype)}
+        if problem.narrow_dtype is not None:
+            info["precision"] += f" (the model rounds to {_name(problem.narrow_dtype)} inside)"
         if problem.model_dtype is not None:
             info["precision_choice"] = self.precision_choice(
                 problem.model_dtype, has_data=problem.inputs is not None, device=J.device
@@ -429,12 +435,17 @@ class Krylov(Method):
                 M.set_damp(damp)
         pinfo = {
             "name": spec.name if spec else None,
-            "rank": getattr(M, "rank", None) if isinstance(spec, Nystrom) else None,
+            "rank": getattr(M, "rank", None) if isinstance(spec, (Nystrom, Sketch)) else None,
+            "truncated": getattr(M, "truncated", None),  # a rank-deficient sketch
             "basis_dtype": _name(M.blocks[-1].dtype) if isinstance(spec, Nystrom) else None,
             "streamed": getattr(M, "streamed", None),
             "build_time": getattr(M, "build_time", 0.0),
             "build_matvecs": getattr(M, "build_matvecs", 0),
             "build_rmatvecs": getattr(M, "build_rmatvecs", 0),
+            # the Nystrom estimate of the top singular values of A (descending)
+            "sigma": (
+                M.eigenvalues.clamp_min(0).sqrt().tolist() if isinstance(spec, Nystrom) else None
+            ),
         }
         monitor = _Monitor(self, problem, A)
         vjps0 = A.num_rmatvecs

@@ -116,6 +116,10 @@ class Problem:
         (an upper bound, or ``None``). The Jacobian's column products are the usual count:
         ``done=lsr_scale._progress.product_counter(problem.J)``. See
         :class:`lsr_scale._progress.PhaseProgress`.
+    narrow_dtype : torch.dtype or None
+        Set when the model computes parameter-dependent values in a precision narrower than
+        ``J.dtype`` (:func:`~lsr_scale.refine._precision.narrow_ops`): the products are
+        accurate only to it, and a preconditioner should stop at its noise floor.
     """
 
     J: JacobianOperator
@@ -127,6 +131,7 @@ class Problem:
     generator: torch.Generator | None
     stage: object
     model_dtype: torch.dtype | None = None
+    narrow_dtype: torch.dtype | None = None
 
     def jacobian_at(self, inputs):
         """The output Jacobian ``J_q`` at other inputs, over the same parameters."""

@@ -12,7 +12,7 @@ import torch
 
 from ..operators import LinearOperator
 
-__all__ = ["MixedPrecisionOperator", "noise_floor"]
+__all__ = ["MixedPrecisionOperator", "narrow_ops", "noise_floor"]
 
 
 def noise_floor(dtype: torch.dtype) -> float:
@@ -82,3 +82,51 @@ class MixedPrecisionOperator(LinearOperator):
 
     def _rmatmat(self, Y):
         return self.inner.rmatmat(self._narrow(Y)).to(self.dtype)
+
+
+class _NarrowSpy(torch.overrides.TorchFunctionMode):
+    """Records the functions whose outputs depend on the parameters (require grad) and are
+    floating or complex of fewer bits than ``bits`` (a real dtype's)."""
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.bits = bits
+        self.found: dict[str, torch.dtype] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.requires_grad and _narrow(t.dtype, self.bits):
+                name = getattr(func, "__name__", repr(func))
+                self.found.setdefault(name, t.dtype)
+        return out
+
+
+def _narrow(dtype: torch.dtype, bits: int) -> bool:
+    if dtype.is_complex:
+        return torch.finfo(dtype).bits < bits  # finfo of complex: its real part's
+    return dtype.is_floating_point and torch.finfo(dtype).bits < bits
+
+
+def narrow_ops(module: torch.nn.Module, inputs: tuple, dtype: torch.dtype) -> dict:
+    """Functions of ``module``'s forward that compute parameter-dependent values in a
+    precision narrower than ``dtype``, ``{name: dtype}`` (empty when none).
+
+    A model converted to float64 can still round inside: neuraloperator 2.0's
+    ``SpectralConv`` allocates its output spectrum as ``torch.cfloat`` whatever the model's
+    dtype, so a float64 FNO's products are float32-accurate along its spectral path. One
+    forward pass on ``inputs`` (with gradients recorded, nothing stored) tells.
+    """
+    bits = torch.finfo(dtype).bits
+    spy = _NarrowSpy(bits)
+    with torch.enable_grad(), spy:
+        module(*inputs)
+    return spy.found
+
+
+def narrowest(found: dict) -> torch.dtype | None:
+    """The real dtype of the narrowest entry of :func:`narrow_ops`' answer (``None``: none)."""
+    if not found:
+        return None
+    dt = min(found.values(), key=lambda d: torch.finfo(d).bits)
+    return dt.to_real() if dt.is_complex else dt

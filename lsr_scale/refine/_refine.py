@@ -23,6 +23,7 @@ from ._loss import refine_with_loss
 from ._methods import Method, Problem, Products
 from ._model import RefinedModel, _as_tuple
 from ._plan import Plan, default_budget, measure, plan_problem
+from ._precision import narrow_ops, narrowest
 from ._subspace import DTYPE_HINT, Subspace
 
 __all__ = ["refine", "plan", "as_method"]
@@ -166,6 +167,27 @@ def _check_model(model):
     return real_dtype(p.dtype), p.device  # a complex parameter counts as its real pair
 
 
+def _narrow_ops(model, inputs, dtype) -> dict:
+    """:func:`narrow_ops` on a few rows (all of them when the inputs' leading dimensions
+    differ), warned when the model rounds below ``dtype``."""
+    lead = {t.shape[0] if t.dim() else None for t in inputs if isinstance(t, torch.Tensor)}
+    if len(lead) == 1 and None not in lead:
+        inputs = tuple(t[:4] if isinstance(t, torch.Tensor) else t for t in inputs)
+    found = narrow_ops(model, inputs, dtype)
+    if found:
+        low = narrowest(found)
+        warnings.warn(
+            f"refine: the model computes parameter-dependent values in {low} although it "
+            f"runs in {dtype} (in {', '.join(sorted(found))}; neuraloperator's SpectralConv "
+            f"allocates its spectrum as complex64), so its products are {low}-accurate "
+            "there; Krylov stops its preconditioner at that precision's noise floor "
+            "(info['narrow_ops'])",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return found
+
+
 def _check_data(pair, what: str, dtype, device):
     """Inputs and targets: tensors of the working dtype and device, finite inputs."""
     inputs, targets = pair
@@ -245,7 +267,10 @@ def refine(
         ``Products()``.
     dtype : torch.dtype, optional
         Work in this precision (e.g. ``torch.float64``) on a converted copy of the model.
-        ``data`` and ``validation`` are converted with it.
+        ``data`` and ``validation`` are converted with it, and the refined predictor then
+        takes and returns this dtype. Not needed for a float64 solve of a float32 model:
+        ``Krylov()`` (``precision="auto"``) already takes float64 products on a private copy
+        where float64 is fast, and its predictor takes and returns the model's dtype.
     generator : torch.Generator, optional
         The only source of randomness when given; ``None`` uses torch's global RNG.
     progress_bar : bool, optional
@@ -436,9 +461,11 @@ def refine(
                 theta = {k: v.detach() for k, v in model.named_parameters() if k in names}
                 J = products.residual_jacobian(residual_fn, theta)
         b = -J.residual
+        narrow = _narrow_ops(work, inputs, wdtype) if inputs is not None else {}
         problem = Problem(
-            J, b, work, inputs, validation, products, generator, stage, model_dtype=out_dtype
-        )
+            J, b, work, inputs, validation, products, generator, stage, model_dtype=out_dtype,
+            narrow_dtype=narrowest(narrow),
+        )  # fmt: skip
         delta, info = method.solve(problem)
         times.update(info.pop("times", {}))
         # linearized loss from the returned delta (not the solver's running estimate)
@@ -457,6 +484,7 @@ def refine(
         n_params=m,
         param_names=list(J.param_names),
         jvp_mode=J.jvp_mode,
+        narrow_ops=narrow,
         product_check=getattr(J, "product_check", None),
         # global sums when J's rows are sharded over processes (lsr_scale.distributed)
         loss_before=0.5 * float(J.row_norm(b.double()) ** 2),
