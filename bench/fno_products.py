@@ -15,12 +15,15 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from pathlib import Path
 
 import torch
-from _record import cpu_device, write  # bench/ is on sys.path when run
 from torch import func as tfunc
 
 import lsr_scale as ls
+from lsr_scale.bench._harness import device_name, write_files
+
+OUT = Path(__file__).resolve().parent / "results"
 
 
 def _dot(J, seed):
@@ -84,7 +87,7 @@ def main(argv=None):
         wall_s=wall,
         product_check=info["product_check"],
     )
-    payload = dict(device=cpu_device(args.threads), rows=rows, krylov=krylov)
+    payload = dict(device=device_name("cpu", args.threads), rows=rows, krylov=krylov)
     body = ["| products | normalized dot-test error (3 draws) |", "|---|---|"]
     body += [f"| {r['products']} | {', '.join(f'{d:.1e}' for d in r['dot'])} |" for r in rows]
     body += [
@@ -97,8 +100,8 @@ def main(argv=None):
         f"| {krylov['loss_before']:.4g} | {krylov['loss_linearized']:.4g} | "
         f"{krylov['iterations']} | {before:.3f} | {after:.3f} | {wall:.1f} |",
     ]
-    print(write("fno_products_cpu", payload, "FNO products",
-                "python bench/fno_products.py --threads 1", body))  # fmt: skip
+    print(write_files("fno_products_cpu", payload, "FNO products",
+                "python bench/fno_products.py --threads 1", body, out=OUT))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -34,12 +34,15 @@ import copy
 import json
 import time
 import warnings
+from pathlib import Path
 
 import torch
-from _record import OUT, cpu_device, write  # bench/ is on sys.path when run
 
 import lsr_scale as ls
+from lsr_scale.bench._harness import device_name, write_files
 from lsr_scale.operators._params import flatten_params, to_precision, unflatten_params
+
+OUT = Path(__file__).resolve().parent / "results"
 
 STEM = "fno_reference_cpu"
 RANKS = (10, 30, 100, 300, 1000)
@@ -134,8 +137,10 @@ def load_rows():
 
 
 def save(rows, args):
-    payload = dict(device=cpu_device(args.threads), model=MODEL, data=DATA, rows=rows)
-    write(STEM, payload, "FNO: dense float64 reference and the library", COMMAND, table(rows))
+    payload = dict(device=device_name("cpu", args.threads), model=MODEL, data=DATA, rows=rows)
+    write_files(
+        STEM, payload, "FNO: dense float64 reference and the library", COMMAND, table(rows), out=OUT
+    )
 
 
 MODEL = "neuralop FNO(n_modes=(8,), hidden_channels=8, n_layers=2), float32"

@@ -23,15 +23,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
-import time
 import warnings
+from pathlib import Path
 
 import torch
-from _record import OUT, cpu_device, write  # bench/ is on sys.path when run
 
 import lsr_scale as ls
+from lsr_scale.bench._harness import device_name, timeit, write_files
 from lsr_scale.operators._params import to_precision
+
+OUT = Path(__file__).resolve().parent / "results"
 
 STEM = "fno_speed_cpu"
 
@@ -41,16 +42,6 @@ def make_fno():
 
     torch.manual_seed(0)
     return FNO(n_modes=(16,), hidden_channels=32, in_channels=1, out_channels=1, n_layers=4)
-
-
-def timeit(fn, repeat):
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 def measure(model, x, repeat, block=16, **jac_kw):
@@ -81,11 +72,11 @@ def measure(model, x, repeat, block=16, **jac_kw):
         J.matmat(V)
         J.rmatmat(Uc)
 
-    t_fb = timeit(fwd_bwd, repeat)
-    t_pair = timeit(pair, repeat)
-    t_jvp = timeit(lambda: J.matvec(v), repeat)
-    t_vjp = timeit(lambda: J.rmatvec(u), repeat)
-    t_block = timeit(blocks, max(1, repeat // 3)) / block
+    t_fb = timeit(fwd_bwd, repeat=repeat)
+    t_pair = timeit(pair, repeat=repeat)
+    t_jvp = timeit(lambda: J.matvec(v), repeat=repeat)
+    t_vjp = timeit(lambda: J.rmatvec(u), repeat=repeat)
+    t_block = timeit(blocks, repeat=max(1, repeat // 3)) / block
     return dict(
         dtype=str(dtype).replace("torch.", ""), n_rows=J.shape[0], n_params=m,
         fwd_bwd_s=t_fb, jvp_s=t_jvp, vjp_s=t_vjp, pair_s=t_pair, ratio=t_pair / t_fb,
@@ -147,9 +138,9 @@ def main(argv=None):
             f"{r['ratio']:.2f} | {1e3 * r['block_pair_per_col_s']:.1f} | "
             f"{r['block_ratio']:.2f} |"
         )
-    payload = dict(device=cpu_device(args.threads), rows=rows)
-    print(write(STEM, payload, "FNO product speed",
-                "python bench/fno_speed.py --threads 1 --label <before|after>", body))  # fmt: skip
+    payload = dict(device=device_name("cpu", args.threads), rows=rows)
+    command = "python bench/fno_speed.py --threads 1 --label <before|after>"
+    print(write_files(STEM, payload, "FNO product speed", command, body, out=OUT))
 
 
 if __name__ == "__main__":

@@ -24,13 +24,16 @@ import argparse
 import copy
 import time
 import warnings
+from pathlib import Path
 
 import torch
-from _record import OUT, cpu_device, write  # bench/ is on sys.path when run
 from torch import func as tfunc
 
 import lsr_scale as ls
+from lsr_scale.bench._harness import device_name, write_files
 from lsr_scale.operators._params import to_precision
+
+OUT = Path(__file__).resolve().parent / "results"
 
 
 def make_fno():
@@ -124,7 +127,7 @@ def main(argv=None):
     finally:
         fwd.linearize = ours
     rows.append(run(model, x, y, xt, yt, "default (this version)"))
-    payload = dict(device=cpu_device(args.threads), functions=args.functions,
+    payload = dict(device=device_name("cpu", args.threads), functions=args.functions,
                    rows_n=args.functions * 128, steps=args.steps, rows=rows)  # fmt: skip
     body = [
         f"FNO(n_modes=(16,), hidden_channels=32, n_layers=4), 86,817 real parameters, "
@@ -143,9 +146,9 @@ def main(argv=None):
             f"{r['iterations']} | {r['train_before']:.3e} -> {r['train_after']:.3e} | "
             f"{r['test_before']:.3e} -> {r['test_after']:.3e} | {r['wall_s']:.1f} |"
         )
-    print(write("fno_user_case_cpu", payload, "FNO: the issue's case",
+    print(write_files("fno_user_case_cpu", payload, "FNO: the issue's case",
                 f"python bench/fno_user_case.py --threads 1 --functions {args.functions}",
-                body))  # fmt: skip
+                body, out=OUT))  # fmt: skip
 
 
 if __name__ == "__main__":

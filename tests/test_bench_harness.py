@@ -92,3 +92,17 @@ def test_products_quick_writes_device_tagged_results(tmp_path):
     (row,) = doc["rows"]
     assert row["model"] == "mlp" and row["jvp_over_forward"] > 0 and row["params"] > 0
     assert "| JVP / forward |" in (tmp_path / "products_cpu_quick.md").read_text()
+
+
+def test_write_files_writes_json_and_markdown(tmp_path):
+    import json
+
+    from lsr_scale.bench._harness import write_files
+
+    text = write_files("one", {"device": "cpu (test)", "x": 1.5}, "A title", "cmd --flag",
+                       ["| a |", "|---|", "| 1 |"], out=tmp_path)  # fmt: skip
+    data = json.loads((tmp_path / "one.json").read_text())
+    assert data["x"] == 1.5 and data["device"] == "cpu (test)" and "torch" in data
+    md = (tmp_path / "one.md").read_text()
+    assert md == text and md.startswith("# A title (cpu (test), torch ")
+    assert "Command: `cmd --flag`" in md and md.endswith("| 1 |\n")

@@ -63,6 +63,7 @@ __all__ = [
     "sync",
     "time_ratio",
     "timeit",
+    "write_files",
 ]
 
 DEFAULT_OUT = Path("bench") / "results"
@@ -276,6 +277,21 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_files(stem: str, payload: dict, title: str, command: str, body, *, out=None) -> str:
+    """Write ``<out>/<stem>.json`` (``payload`` with ``torch`` added) and ``<stem>.md`` (a
+    title naming ``payload["device"]`` and torch, the command, then the lines of ``body``);
+    return the markdown. For one-off scripts whose results are not a list of rows (those use
+    :class:`Record`)."""
+    base = Path(out) if out is not None else DEFAULT_OUT
+    payload = {**payload, "torch": torch.__version__}
+    _write_atomic(base / f"{stem}.json", json.dumps(payload, indent=2, default=str) + "\n")
+    head = [f"# {title} ({payload.get('device', '?')}, torch {torch.__version__})", "",
+            f"Command: `{command}`", ""]  # fmt: skip
+    text = "\n".join(head + list(body)) + "\n"
+    _write_atomic(base / f"{stem}.md", text)
+    return text
 
 
 class Record:
