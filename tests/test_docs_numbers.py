@@ -181,6 +181,34 @@ def test_fourier_table_quotes_its_json():
         agrees(first(row["refine wall (s)"]), run["refine_s"], run["settings"])
 
 
+FNO_COLUMNS = {  # docs column (its start) -> row of bench/results/fno_reference_cpu.json
+    "trained": "trained",
+    "dense k=300": "dense k=300",
+    "dense k=1000": "dense k=1000",
+    "dense lstsq": "dense k=all",
+    "`Subspace()`": "subspace",
+    "`Krylov()` before": "krylov (before the fix)",
+    "`Krylov()` now": "krylov",
+    "`Krylov()`, true float64": "krylov, widened",
+}
+
+
+def test_fno_reference_table_quotes_its_json():
+    src = {(r["model"], r["row"]): r for r in _json("bench/results/fno_reference_cpu.json")["rows"]}
+    body = rows(docs_tables.tables(section("results.md", "FNO (neuraloperator 2.0)"))[0])
+    assert [row["model"] for row in body] == ["long", "short"]
+    for row in body:
+        for col, cell in row.items():
+            name = next((v for k, v in FNO_COLUMNS.items() if col.startswith(k)), None)
+            if col == "model":
+                continue
+            assert name, f"FNO table: unknown column {col!r}"
+            train, test = figures(cell)[-2:]
+            ref = src[(row["model"], name)]
+            agrees(train, ref["train"], f"{row['model']} {col} train")
+            agrees(test, ref["test"], f"{row['model']} {col} test")
+
+
 # -- docs/solvers.md: the precision tables -------------------------------------------------
 
 CASES = {"demo MLP": "demo", "user MLP": "user", "Poisson PINN": "pinn"}
