@@ -147,6 +147,43 @@ def test_refine_warns_once_and_records_what_it_adapted():
     assert (r(x) - y).norm() < 0.5 * (net(x) - y).norm()
 
 
+def test_a_budget_below_the_cache_recomputes_row_chunks_with_the_same_result():
+    """When the cached activations of all rows do not fit, the plan keeps no cache and takes
+    the rows in chunks (no setting that changes the result is adapted), and the refine
+    equals the unbudgeted, cached one to rounding (float64, damped: well determined)."""
+    net, data = _mlp(width=32, rows=2000, dtype=torch.float64)
+    meth = ls.Krylov(preconditioner=Nystrom(rank=20, streamed=True), damp=1e-2, maxiter=40,
+                     stall=None)  # fmt: skip
+    full = ls.plan(net, data=data, method=meth, memory_budget=1e12)
+    assert full.products.cache is True and full.products.chunk_size is None
+    tight = int(0.9 * full.parts["cache"])  # the cache alone does not fit
+    p = ls.plan(net, data=data, method=meth, memory_budget=tight)
+    assert p.fits and p.adapted == () and p.method == meth
+    assert p.products.cache is False and p.parts["cache"] == 0
+    assert p.products.chunk_size < 2000
+    assert any("no cache" in n for n in p.notes) and any("chunks of" in n for n in p.notes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # nothing adapted: no warning
+        warnings.filterwarnings("ignore", "Krylov: stopped at maxiter")
+        ref = ls.refine(net, data=data, method=meth, memory_budget=1e12,
+                        generator=torch.Generator().manual_seed(1))  # fmt: skip
+        r = ls.refine(net, data=data, method=meth, memory_budget=tight,
+                      generator=torch.Generator().manual_seed(1))  # fmt: skip
+    assert r.info["products"] == p.products and r.info["memory_estimate"] == p.parts
+    assert r.info["plan_notes"] == list(p.notes)
+    assert ref.info["products"].cache is True
+    assert torch.allclose(r.delta, ref.delta, rtol=0, atol=1e-9 * float(ref.delta.norm()))
+    assert math.isclose(r.info["loss_linearized"], ref.info["loss_linearized"], rel_tol=1e-9)
+    # cache=True given: the plan may not drop it, and refuses; cache=False given: kept
+    with pytest.raises(MemoryError):
+        ls.plan(net, data=data, method=meth, memory_budget=tight,
+                products=ls.Products(cache=True))  # fmt: skip
+    q = ls.plan(net, data=data, method=meth, memory_budget=1e12, products=ls.Products(cache=False))
+    assert q.products.cache is False and q.parts["cache"] == 0
+    with pytest.raises(TypeError, match="Products.cache"):
+        ls.Products(cache="no")
+
+
 def test_residual_fn_problems_are_planned_too():
     net, (x, y) = _mlp(rows=200)
     theta0 = dict(net.named_parameters())

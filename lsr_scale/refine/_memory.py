@@ -175,6 +175,7 @@ class Sizes:
     vmap: bool
     self_check: bool
     model_copy: bool
+    cache: bool = True
 
     @property
     def s(self) -> int:
@@ -197,12 +198,13 @@ class Sizes:
 
 def sizes_of(*, m, n, rows=None, act_row=0.0, dtype=torch.float32, product_dtype=None,
              batch=64, chunk=None, linearize=True, vmap=False, self_check=True,
-             model_copy=False) -> Sizes:  # fmt: skip
+             model_copy=False, cache=True) -> Sizes:  # fmt: skip
     """The :class:`Sizes` of :func:`estimate`'s keywords (same defaults)."""
     return Sizes(
         m=int(m), n=int(n), rows=int(n if rows is None else rows), act_row=float(act_row),
         dtype=dtype, product_dtype=product_dtype or dtype, batch=batch, chunk=chunk,
-        linearize=linearize, vmap=vmap, self_check=self_check, model_copy=model_copy,
+        linearize=linearize and cache, vmap=vmap, self_check=self_check,
+        model_copy=model_copy, cache=cache,
     )  # fmt: skip
 
 
@@ -221,6 +223,7 @@ def estimate(
     vmap: bool = False,
     model_copy: bool = False,
     self_check: bool = True,
+    cache: bool = True,
 ) -> MemoryEstimate:
     """Peak bytes of ``refine(model, data, method=method)`` added to what exists before.
 
@@ -260,6 +263,11 @@ def estimate(
     model_copy : bool
         Whether ``refine`` converts a copy of the model (``dtype=`` or a wider
         ``product_dtype``).
+    cache : bool
+        Whether the operator keeps every row block's VJP (and linearization) between
+        products (``Products.cache``). Without, nothing is kept (no ``"cache"`` part, no
+        linearization): each product recomputes one row chunk, whose activations the
+        ``"product"`` part already counts.
 
     Returns
     -------
@@ -272,14 +280,14 @@ def estimate(
     z = sizes_of(
         m=m, n=n, rows=rows, act_row=act_row, dtype=dtype, product_dtype=pdt, batch=batch,
         chunk=chunk, linearize=linearize, vmap=vmap, self_check=self_check,
-        model_copy=model_copy,
+        model_copy=model_copy, cache=cache,
     )  # fmt: skip
     act = z.act_row * z.s / torch.empty((), dtype=dtype).element_size()
     # a cached torch.func VJP holds about 4x the tensors autograd saves in a plain forward
     # pass, the linearization as much again (measured, tests/test_memory.py)
     parts = {
         "model": z.m * z.s if (model_copy or pdt != dtype) else 0,
-        "cache": z.rows * act * (8 if linearize else 4),
+        "cache": z.rows * act * (8 if z.linearize else 4) if z.cache else 0,
         "residual": 4 * z.n * z.s,
     }
     parts.update(parts_of(z))
@@ -287,6 +295,6 @@ def estimate(
         parts["check"] = max(0, 2 * z.per_col_act - parts.get("product", 0))
     sizes = dict(
         m=z.m, n=z.n, rows=z.rows, act_row=z.act_row, dtype=str(pdt), batch=batch, chunk=chunk,
-        linearize=linearize, vmap=vmap,
+        linearize=z.linearize, vmap=vmap, cache=z.cache,
     )  # fmt: skip
     return MemoryEstimate(parts={k: int(v) for k, v in parts.items()}, sizes=sizes)

@@ -46,6 +46,14 @@ class Products:
         ``info["product_check"]`` records what was measured. It costs three JVPs and one VJP
         (under 0.5% of a default refine on the demo problem); ``False`` skips it for timing
         runs.
+    cache : bool, optional
+        Keep every row block's cached VJP and linearization between products (``True``),
+        or keep nothing and recompute a block's forward pass in every product (``False``:
+        the memory of one row block instead of all rows' activations, for a forward pass
+        per block and product; with ``chunk_size``, this is what bounds the memory of a
+        large ``n``). ``None`` (default): cached, unless the plan finds that the cache of
+        all rows does not fit ``memory_budget``; then it recomputes in row chunks
+        (``docs/scale.md``). Products are the same up to rounding either way.
     """
 
     jvp: str = "auto"
@@ -53,6 +61,7 @@ class Products:
     batch_size: int | None = 64
     batching: str = "auto"
     self_check: bool = True
+    cache: bool | None = None
 
     def __post_init__(self):
         check_choice(self.jvp, ("auto", "forward", "double_vjp"), "Products.jvp")
@@ -63,6 +72,8 @@ class Products:
             check_positive_int(self.batch_size, "Products.batch_size")
         if not isinstance(self.self_check, bool):
             raise TypeError(f"Products.self_check: expected True or False, got {self.self_check!r}")
+        if self.cache is not None and not isinstance(self.cache, bool):
+            raise TypeError(f"Products.cache: expected True, False or None, got {self.cache!r}")
 
     def jacobian(self, model, inputs, targets=None, *, params=None, check=True):
         """The Jacobian operator of ``model(*inputs) - targets`` (or of the outputs)."""
@@ -75,6 +86,7 @@ class Products:
             jvp=self.jvp,
             batch_size=self.batch_size,
             batching=self.batching,
+            cache=self.cache is not False,
             check=check,
             self_check=self.self_check and check,
         )
@@ -87,6 +99,7 @@ class Products:
             jvp=self.jvp,
             batch_size=self.batch_size,
             batching=self.batching,
+            cache=self.cache is not False,
             self_check=self.self_check,
         )
 

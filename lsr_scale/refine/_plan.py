@@ -7,10 +7,12 @@ The layers, bottom up:
 * Each method reports its own parts (``memory_parts(sizes)``) and its levers, in order
   (``adapt(sizes, fits)``).
 * This module puts them together: it measures the problem, estimates the peak, lowers the
-  product batch and row chunk (which change no result), then lets the method adapt its
-  settings until the estimate fits the budget. :func:`plan` returns that without
-  allocating the problem; :func:`lsr_scale.refine` runs the same plan and warns once when a
-  setting that changes the result was adapted (``info["adapted"]``).
+  product batch (which changes no result), lets the method adapt its settings, then takes
+  the rows in chunks and, when the cache of all rows' activations is what does not fit,
+  recomputes each chunk in every product instead of caching it (slower, same result).
+  :func:`plan` returns that without allocating the problem; :func:`lsr_scale.refine` runs
+  the same plan and warns once when a setting that changes the result was adapted
+  (``info["adapted"]``).
 
 The budget defaults to half of the memory free on the device (:func:`default_budget`):
 the memory model is within 2x of measured peaks (``tests/test_memory.py``), so a
@@ -130,9 +132,10 @@ def plan_problem(
     )  # fmt: skip
     batch = products.batch_size or max(1, min(n, m))
     chunk = products.chunk_size
+    cache = products.cache is not False
 
     def est(meth):
-        return estimate(meth, batch=batch, chunk=chunk, **base)
+        return estimate(meth, batch=batch, chunk=chunk, cache=cache, **base)
 
     notes = []
     b0 = batch
@@ -146,7 +149,7 @@ def plan_problem(
         notes.append(f"product batch lowered to {batch} columns (was {b0})")
     adapted = []
     if cur.total > budget:  # 2. the method's own levers, in its documented order
-        z = sizes_of(batch=batch, chunk=chunk, **base)
+        z = sizes_of(batch=batch, chunk=chunk, cache=cache, **base)
         method, adapted = method.adapt(z, lambda meth: est(meth).total <= budget)
         cur = est(method)
         notes += [f"{c['setting']}: {c['from']} -> {c['to']} ({c['reason']})" for c in adapted]
@@ -155,6 +158,19 @@ def plan_problem(
     while chunk > 1 and cur.total > budget:  # 3. rows in chunks: slower, same result
         chunk = max(1, chunk // 2)
         cur = est(method)
+    if cur.total > budget and products.cache is None:
+        # 4. the cached activations of every row do not fit (chunks do not shrink them):
+        # keep none, and recompute one row chunk per product (slower still, same result)
+        cached = est(method).parts.get("cache", 0)
+        cache, chunk = False, rows if chunk0 is None else chunk0
+        cur = est(method)
+        while chunk > 1 and cur.total > budget:
+            chunk = max(1, chunk // 2)
+            cur = est(method)
+        notes.append(
+            f"no cache of all rows' activations (it needs {_gb(cached)}): every product "
+            "recomputes its row chunk's forward pass"
+        )
     if chunk < rows and chunk != chunk0:
         notes.append(f"rows taken in chunks of {chunk} (was {chunk0 or 'all'})")
     else:
@@ -169,8 +185,9 @@ def plan_problem(
         )
     notes.append(f"estimated peak {cur.describe()} within a budget of {_gb(budget)}")
     new_products = dataclasses.replace(
-        products, batch_size=batch if products.batch_size else None, chunk_size=chunk
-    )
+        products, batch_size=batch if products.batch_size else None, chunk_size=chunk,
+        cache=cache,
+    )  # fmt: skip
     return Plan(
         method=method,
         products=new_products,

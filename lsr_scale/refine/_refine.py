@@ -494,6 +494,8 @@ def refine(
         peak_mem_kind=pm.kind,
         memory_estimate=the_plan.parts if the_plan is not None else None,
         adapted=list(the_plan.adapted) if the_plan is not None else [],
+        products=products,
+        plan_notes=list(the_plan.notes) if the_plan is not None else [],
         num_jvp=J.num_matvecs,
         num_vjp=J.num_rmatvecs,
     )
