@@ -69,6 +69,7 @@ def run(baseline: str, names: list[str]) -> None:
     view = DeepONetGrid(net, y=prob.y)
     with torch.no_grad():
         trained = errors(view(prob.u_test), prob.s_test)
+        trained_train = errors(view(prob.u_train), prob.s_train)
     m = sum(p.numel() for p in net.parameters())
     done = {(r.get("config"), r["baseline"]) for r in load_rows(out)}
     todo = {k: v for k, v in CONFIGS.items() if k in names}
@@ -94,6 +95,7 @@ def run(baseline: str, names: list[str]) -> None:
         wall = time.perf_counter() - t0
         with torch.no_grad():
             agg, mean = errors(r(prob.u_test), prob.s_test)
+            tr_agg, tr_mean = errors(r(prob.u_train), prob.s_train)
         info = r.info
         solver = info.get("solver")
         row = dict(
@@ -103,6 +105,9 @@ def run(baseline: str, names: list[str]) -> None:
             rel_l2=agg,
             mean_rel_l2=mean,
             reduction_mean=trained[1] / mean,
+            train_rel_l2=tr_agg,
+            train_mean_rel_l2=tr_mean,
+            trained_train_rel_l2=trained_train[0],
             rank=(info.get("preconditioner") or {}).get("rank"),
             iterations=info.get("iterations"),
             stop=info.get("stop"),

@@ -60,6 +60,7 @@ BASELINES = {  # checkpoint, activation, data set (BurgersProblem(dataset=...))
     "viscid_relu": ("burgers_viscid_authors_relu", "relu", "viscid"),
     "viscid_tanh_4k": ("burgers_viscid_authors_tanh_4k", "tanh", "viscid"),
     "viscid_multionet_tanh": ("burgers_viscid_authors_tanh_multionet", "tanh", "viscid"),
+    "viscid_multionet_tanh_8k": ("burgers_viscid_authors_tanh_multionet_8k", "tanh", "viscid"),
 }
 MULTIONET_JSON = ROOT / "docs" / "results" / "multionet.json"
 
