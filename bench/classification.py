@@ -170,7 +170,7 @@ def ce(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------- points
-def _refine_point(net, d, loss, method, memory_budget=None):
+def _refine_point(net, d, loss, method, memory_budget=None, products=None):
     """One ``ls.refine`` with its accuracy, losses, time and memory."""
     targets = F.one_hot(d["y"], 10).float() if loss == "mse" else d["y"]
     rss0 = _read_vmrss()
@@ -179,7 +179,8 @@ def _refine_point(net, d, loss, method, memory_budget=None):
         warnings.simplefilter("always")
         gen = torch.Generator().manual_seed(SEED_REFINE)
         r = ls.refine(net, data=(d["x"], targets), loss=loss, method=method, generator=gen,
-                      progress_bar=False, memory_budget=memory_budget)  # fmt: skip
+                      progress_bar=False, memory_budget=memory_budget,
+                      products=products)  # fmt: skip
     wall = time.perf_counter() - t0
     info = r.info
     pred_test, pred_train = outputs(r, d["xt"]), outputs(r, d["x"])
@@ -338,6 +339,10 @@ def run_point(key: str, cfg: dict) -> dict:
             return {k: row[k] for k in ("increment_bytes", "peak_mem_bytes", "wall_s")}
         if parts[2] == "krylov_budget":  # Krylov() defaults within a memory budget (bytes)
             return _refine_point(net, d, "softmax_mse", ls.Krylov(), int(parts[3]))
+        if parts[2] == "krylov_budget_dvjp":  # the same, JVPs as double VJPs (plain autograd:
+            # torch.func's products import torch._dynamo, ~70 MiB, on their first call)
+            return _refine_point(net, d, "softmax_mse", ls.Krylov(), int(parts[3]),
+                                 ls.Products(jvp="double_vjp"))  # fmt: skip
         method = ls.Krylov() if parts[2] == "krylov" else ls.Subspace(rank=int(parts[3]))
         return _refine_point(net, d, "softmax_mse", method)
     level = parts[2]
@@ -358,7 +363,12 @@ def points(cfg: dict) -> list[str]:
     for name in cfg["datasets"]:
         ks = cfg["digits_ks"] if name == "digits" else cfg["mnist_ks"]
         out += [f"paper/{name}/init"] + [f"paper/{name}/subspace/{k}" for k in ks]
-        out += [f"paper/{name}/krylov", f"paper/{name}/krylov_budget", f"paper/{name}/first_call"]
+        out += [
+            f"paper/{name}/krylov",
+            f"paper/{name}/krylov_budget",
+            f"paper/{name}/first_call",
+            f"paper/{name}/krylov_budget_dvjp",
+        ]
         if name != "digits":
             continue
         if "mnist" in cfg["datasets"]:  # cheap: before the long MNIST rows
@@ -415,8 +425,8 @@ def main(argv=None):
             if key.startswith("peers/"):
                 level = key.split("/")[2]
                 key = f"{key}/{_budget(rows, level, cfg['peer_cap_s'])}"
-            elif key.endswith("/krylov_budget"):  # 1/5 of what Subspace(rank=1000) added
-                sub = rows.get(key.replace("krylov_budget", f"subspace/{BUDGET_RANK}"))
+            elif key.split("/")[2].startswith("krylov_budget"):  # 1/5 of Subspace(rank=1000)'s
+                sub = rows.get(f"paper/{key.split('/')[1]}/subspace/{BUDGET_RANK}")
                 if not sub or "error" in sub:
                     continue
                 key = f"{key}/{sub['increment_bytes'] // BUDGET_SHARE}"
@@ -467,9 +477,10 @@ def _f(v, fmt=".3g"):
 
 
 def _label(key):
-    if "/krylov_budget/" in key:
-        return (f"Krylov(), memory_budget={_mib(int(key.split('/')[-1]))} (1/{BUDGET_SHARE} of "
-                f"Subspace(rank={BUDGET_RANK})'s added mem)")  # fmt: skip
+    if "/krylov_budget" in key:
+        dvjp = ', products=Products(jvp="double_vjp")' if "_dvjp/" in key else ""
+        return (f"Krylov(), memory_budget={_mib(int(key.split('/')[-1]))}{dvjp} (1/{BUDGET_SHARE} "
+                f"of Subspace(rank={BUDGET_RANK})'s added mem)")  # fmt: skip
     return "Krylov() defaults" if key.endswith("krylov") else f"Subspace(rank={key.split('/')[-1]})"
 
 
@@ -500,25 +511,28 @@ def targets(rows: dict) -> list[str]:
             f"{_mib(sub['increment_bytes'])} ({kry['increment_bytes'] / sub['increment_bytes']:.2f}"
             f"x; <= 0.2x **{'met' if mem_ok else 'not met'}**)."
         )
-        bud = next((r for k, r in rows.items() if k.startswith(f"paper/{name}/krylov_budget/")
-                    and "error" not in r), None)  # fmt: skip
-        if bud:
+        buds = [(k, r) for k, r in rows.items() if k.startswith(f"paper/{name}/krylov_budget")
+                and "error" not in r]  # fmt: skip
+        for bk, bud in sorted(buds):
+            how = ', products=Products(jvp="double_vjp")' if "_dvjp/" in bk else ""
             acc_ok = bud["test_acc"] >= sub["test_acc"]
             ratio = bud["increment_bytes"] / sub["increment_bytes"]
             mem_ok = ratio <= 1 / BUDGET_SHARE
             lines.append(
                 f"  - with `memory_budget=` {_mib(bud['memory_budget'])} (1/{BUDGET_SHARE} of "
-                f"that), Krylov() {_pct(bud['test_acc'])} (**{'met' if acc_ok else 'not met'}**);"
-                f" memory added {_mib(bud['increment_bytes'])} ({ratio:.2f}x; <= 0.2x **"
+                f"that){how}, Krylov() {_pct(bud['test_acc'])} "
+                f"(**{'met' if acc_ok else 'not met'}**); memory added "
+                f"{_mib(bud['increment_bytes'])} ({ratio:.2f}x; <= 0.2x **"
                 f"{'met' if mem_ok else 'not met'}**; planned {_mib(bud['planned_bytes'])}), "
                 f"{bud['wall_s']:.0f} s against {kry['wall_s']:.0f} s."
             )
             first = rows.get(f"paper/{name}/first_call")
-            if first and "error" not in first:
+            if first and "error" not in first and not how:
                 lines[-1] = lines[-1][:-1] + (
                     "; a refine of 4 images in a fresh process adds "
                     f"{_mib(first['increment_bytes'])} on its own (torch's first products: "
-                    "`torch.func.vjp` imports `torch._dynamo`)."
+                    "`torch.func`'s VJP functions, and its JVPs of any `a - b`, `a + b` or "
+                    "`a * b` such as the residual's, import `torch._dynamo`)."
                 )
     levels = sorted({k.split("/")[2] for k in rows if k.startswith("trained/")},
                     key=lambda lv: FULL["levels"].get(lv, 0))  # fmt: skip
@@ -611,7 +625,7 @@ def _write(rec: Record, args, cfg: dict) -> str:
                 continue
             if k.endswith("krylov"):
                 label += f", {r.get('iterations')} iterations"
-            elif "/krylov_budget/" in k:
+            elif "/krylov_budget" in k:
                 how = [f"{r.get('iterations')} iterations", f"Nyström rank {r.get('precond_rank')}"]
                 if r.get("cache") is False:
                     how.append("no cache")
