@@ -405,3 +405,21 @@ def test_out_of_memory_keeps_the_smaller_block(generator):
     bad._check = lambda k: (_ for _ in ()).throw(RuntimeError("not memory"))
     with pytest.raises(RuntimeError, match="not memory"):
         RangeFinder(bad).add(gaussian(40, 4, generator, dtype=F64, device="cpu"))
+
+
+def test_streamed_gram_under_out_of_memory_equals_the_unhindered_build(generator):
+    """An out-of-memory halving in the middle of the streamed build changes the block size
+    for the blocks that follow, never which columns get computed: the result is the same."""
+    from lsr_scale.randomized import lowrank_gram_streamed
+
+    A, _ = decaying(60, 40, generator)
+    B, C = torch.linalg.qr(A)
+    ref = lowrank_gram_streamed(FactoredOperator(B, C), 12, oversample=4, block_size=8,
+                                generator=torch.Generator().manual_seed(4))  # fmt: skip
+    tight = OutOfMemoryAbove(B, C, limit=5)
+    with pytest.warns(RuntimeWarning, match="out of memory"):
+        got = lowrank_gram_streamed(tight, 12, oversample=4, block_size=8,
+                                    generator=torch.Generator().manual_seed(4))  # fmt: skip
+    assert tight.failures > 0 and tight.widest <= 5
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-12, atol=0)
+    torch.testing.assert_close(got[0].abs(), ref[0].abs(), rtol=1e-10, atol=1e-12)

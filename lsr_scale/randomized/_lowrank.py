@@ -248,9 +248,10 @@ def lowrank_gram_streamed(
     gen = resolve_generator(generator)
     dev = A.device
     size = k if block_size is None else block_size
-    # 1. Y = A Omega, Omega drawn a column at a time (the same numbers whatever the blocks)
-    cols = []
-    for j0 in range(0, k, size):
+    # 1. Y = A Omega, Omega drawn a column at a time (the same numbers whatever the blocks),
+    #    each block written into one n x k result (no list of blocks and their concatenation)
+    Y, j0 = None, 0
+    while j0 < k:  # a while loop: an out-of-memory halving of size applies from the next block
         j1 = min(k, j0 + size)
         draws = [
             torch.randn(m, generator=gen, device=gen.device, dtype=torch.float64)
@@ -259,15 +260,20 @@ def lowrank_gram_streamed(
         Om = torch.stack(draws, dim=1).to(dtype=A.dtype, device=dev)
         del draws
         Yb, size_new = blocked_apply(A.matmat, Om, size, what="Nystrom (streamed): A.matmat")
-        size = size_new or size
-        cols.append(Yb)
         del Om
-    Q = A.row_orth(torch.cat(cols, dim=1))
-    del cols
+        if Y is None:
+            Y = Yb.new_empty((Yb.shape[0], k))
+        Y[:, j0:j1] = Yb
+        del Yb
+        size = size_new or size
+        j0 = j1
+    Q = A.row_orth(Y)
+    del Y
     # 2. Bt = A^T Q into one buffer of the storage dtype
     buf = torch.empty(m * k, dtype=store, device=dev)
     Bt = buf.view(m, k)
-    for j0 in range(0, k, size):
+    j0 = 0
+    while j0 < k:
         j1 = min(k, j0 + size)
         Z, size_new = blocked_apply(
             A.rmatmat, Q[:, j0:j1].contiguous(), size, what="Nystrom (streamed): A.rmatmat"
@@ -275,6 +281,7 @@ def lowrank_gram_streamed(
         size = size_new or size
         Bt[:, j0:j1] = Z.to(store)
         del Z
+        j0 = j1
     del Q
     # 3.-4. the SVD of Bt, its right factor written over the buffer
     U, S, _ = tall_svd_inplace(buf, m, k, rank)
