@@ -553,3 +553,75 @@ def test_multionet_prose_quotes_its_json():
         for fig, value in zip(found, sources, strict=True):
             if value is not None:
                 agrees(fig, value, quoted)
+
+
+# -- docs/results.md section 2c: the viscid DeepONet curves and Krylov tables -------------
+
+
+def _curve(baseline: str) -> dict[int, dict]:
+    return {
+        r["rank"]: r
+        for r in _json("docs/results/burgers_curve.json")
+        if r["method"] == "subspace_streamed" and r["baseline"] == baseline
+        and r.get("fraction") == 0.5 and r.get("kmax") == 9000
+    }  # fmt: skip
+
+
+def _transposed(table: str) -> dict[str, list[str]]:
+    """A table whose header row holds k: ``{first cell: the other cells}``, ``"k"`` too."""
+    lines = [ln for ln in table.splitlines() if ln.startswith("|") and not ln.startswith("|---")]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    return {row[0]: row[1:] for row in cells}
+
+
+CURVES = [  # (table index in 2c, baseline, rows checked: docs row label -> JSON field)
+    (0, "burgers_viscid_authors_tanh",
+     {"test, mean per-function": "mean_rel_l2", "test, aggregate rel. L2": "rel_l2",
+      "lin. train MSE": "train_loss"}),
+    (1, "burgers_viscid_authors_relu",
+     {"test, mean per-function": "mean_rel_l2", "test, aggregate": "rel_l2",
+      "lin. train MSE": "train_loss"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("k, baseline, fields", CURVES, ids=["tanh", "relu"])
+def test_viscid_curve_tables_quote_their_json(k, baseline, fields):
+    table = _transposed(docs_tables.tables(section("results.md", "2c. The paper"))[k])
+    curve = _curve(baseline)
+    ranks = [int(first(c).replace(",", "")) for c in table["k"]]
+    assert ranks and all(r in curve for r in ranks), f"{baseline}: ranks {ranks}"
+    for label, field in fields.items():
+        for rank, cell in zip(ranks, table[label], strict=True):
+            agrees(first(cell), curve[rank][field], f"{baseline} k={rank} {label}")
+
+
+KRYLOV_TABLES = [  # (table index in 2c, baseline, docs row start -> config)
+    (2, "burgers_viscid_authors_tanh",
+     {"defaults (": "defaults", "**defaults, `maxiter` 1,000**": "maxiter1000",
+      "Nyström rank 1,000": "nys1000", "Nyström rank 2,000": "nys2000",
+      "no preconditioner": "plain"}),
+    (3, "burgers_viscid_authors_tanh_4k",
+     {"defaults": "defaults", "**`Krylov(maxiter=1000)`**": "maxiter1000",
+      "Nyström rank 1,000": "nys1000"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("k, baseline, configs", KRYLOV_TABLES, ids=["tanh", "tanh_4k"])
+def test_viscid_krylov_tables_quote_their_json(k, baseline, configs):
+    src = {r["config"]: r for r in _json("docs/results/burgers_krylov.json")
+           if r["baseline"] == baseline}  # fmt: skip
+    body = rows(docs_tables.tables(section("results.md", "2c. The paper"))[k])
+    checked = 0
+    for row in body:
+        name = next(iter(row.values()))
+        cfg = next((c for start, c in configs.items() if name.startswith(start)), None)
+        if cfg is None:
+            continue
+        r, checked = src[cfg], checked + 1
+        agrees(first(row["test, mean"]), r["mean_rel_l2"], f"{cfg} mean")
+        agrees(first(row["reduction"]), r["trained_mean_rel_l2"] / r["mean_rel_l2"], cfg)
+        agrees(first(row["aggregate"]), r["rel_l2"], f"{cfg} aggregate")
+        agrees(first(row["iterations (best)"]), r["iterations"], f"{cfg} iterations")
+        agrees(first(row["wall"]), r["wall_s"], f"{cfg} wall")
+        agrees_mem(row["peak RSS"], r["peak_mem_bytes"], f"{cfg} peak")
+    assert checked == len(configs)
