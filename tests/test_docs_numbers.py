@@ -581,10 +581,12 @@ CURVES = [  # (table index in 2c, baseline, rows checked: docs row label -> JSON
     (1, "burgers_viscid_authors_relu",
      {"test, mean per-function": "mean_rel_l2", "test, aggregate": "rel_l2",
       "lin. train MSE": "train_loss"}),
+    (4, "burgers_viscid_authors_tanh_4k",
+     {"test, mean per-function": "mean_rel_l2", "test, aggregate": "rel_l2"}),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("k, baseline, fields", CURVES, ids=["tanh", "relu"])
+@pytest.mark.parametrize("k, baseline, fields", CURVES, ids=["tanh", "relu", "tanh_4k"])
 def test_viscid_curve_tables_quote_their_json(k, baseline, fields):
     table = _transposed(docs_tables.tables(section("results.md", "2c. The paper"))[k])
     curve = _curve(baseline)
