@@ -1,7 +1,8 @@
 """Command-line interface: ``lsr-scale demo``, ``reproduce``, ``info`` and ``bench``.
 
 The entry point ``lsr_scale.cli:main``; the commands' runners live beside it (``_demo``,
-``_reproduce``) and are the only code in the package that prints.
+``_reproduce``) or, for ``bench``, in :mod:`lsr_scale.bench`; they are the only code in the
+package that prints.
 """
 
 from __future__ import annotations
