@@ -627,3 +627,43 @@ def test_viscid_krylov_tables_quote_their_json(k, baseline, configs):
         agrees(first(row["wall"]), r["wall_s"], f"{cfg} wall")
         agrees_mem(row["peak RSS"], r["peak_mem_bytes"], f"{cfg} peak")
     assert checked == len(configs)
+
+
+def test_filters_table_quotes_its_json():
+    """results.md 2c's three-filters table (and its copy in solvers.md) against
+    burgers_filters.json, and its truncation row against the curve."""
+    src = _json("docs/results/burgers_filters.json")
+    trunc = _curve("burgers_viscid_authors_tanh")[4000]
+    base = next(r for r in _json("docs/results/burgers_curve.json")
+                if r["method"] == "trained" and r["baseline"] == "burgers_viscid_authors_tanh"
+                and r.get("kmax") == 9000)["mean_rel_l2"]  # fmt: skip
+    plain = src["iterations"]["path"][-1]
+    damp = next(r for r in src["damp"]["rows"] if r["k"] == 4000)
+    nys = next(p for p in src["krylov_path"]["path"] if p["iterations"] == 75)
+    want = {
+        "truncation": (trunc["mean_rel_l2"], trunc["rel_l2"]),
+        "plain LSMR": (plain["mean_rel_l2"], plain["rel_l2"]),
+        "Tikhonov": (damp["mean_rel_l2"], damp["rel_l2"]),
+        "Nyström-preconditioned": (nys["mean_rel_l2"], nys["rel_l2"]),
+    }
+    for page, heading in (("results.md", "2c. The paper"), ("solvers.md", "Three filters")):
+        tables = [t for t in docs_tables.tables(section(page, heading)) if "filter" in t]
+        assert tables, f"{page}: no filters table under {heading!r}"
+        body = rows(tables[0])
+        assert len(body) == len(want)
+        for row in body:
+            name = next(iter(row.values()))
+            key = next(k for k in want if name.startswith(k))
+            mean, agg = want[key]
+            agrees(first(row["test, mean"]), mean, f"{page} {key} mean")
+            agrees(first(row["reduction"]), base / mean, f"{page} {key} reduction")
+            agrees(first(row["aggregate"]), agg, f"{page} {key} aggregate")
+            if key == "Tikhonov":  # k=4,000 (Σφ = 4,083; 478 iterations)
+                k, eff, itn = figures(row["best level"])
+                agrees(k, damp["k"], "damp k")
+                agrees(eff, damp["effective_rank"], "effective rank")
+                agrees(itn, damp["itn"], "damp iterations")
+            if key == "plain LSMR":
+                agrees(first(row["cost"]), src["iterations"]["wall_s"], "plain LSMR wall")
+            if key == "Nyström-preconditioned":
+                agrees(first(row["cost"]), src["krylov_path"]["wall_s"], "Nystrom path wall")
