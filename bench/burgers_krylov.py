@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from burgers_rank_curve import (  # bench/ is on sys.path when run
     BASELINES,
+    N_TRAIN,
     build_net,
     errors,
     results_json,
@@ -61,7 +62,8 @@ def save_row(row, path: Path = JSON):
 
 def run(baseline: str, names: list[str]) -> None:
     name, act, dataset = BASELINES[baseline]
-    prob = BurgersProblem(dataset=dataset)  # float32, the data the baseline was trained on
+    # float32, the data the baseline was trained on (its test set: the 50 functions after them)
+    prob = BurgersProblem(dataset=dataset, n_train=N_TRAIN.get(baseline, 1000))
     val = BurgersProblem(dataset=dataset, n_train=1, n_test=100, seed=12345)
     torch.manual_seed(prob.seed)
     net, meta = build_net(baseline)

@@ -37,6 +37,8 @@ KRYLOV_BUDGET = 4 * GIB
 
 BASE = "burgers_viscid_authors_tanh_multionet"  # the authors' recipe, 2,000 epochs
 LONG = BASE + "_8k"  # the same recipe stretched to 8,000 epochs (halving every 2,000)
+MORE = BASE + "_n4000"  # the same recipe on 4,000 training functions (test: the next 50)
+BASELINE_LABELS = {BASE: "2,000 epochs", LONG: "8,000 epochs", MORE: "4,000 functions"}
 CONFIGS = {  # config -> what it is (bench/burgers_krylov.py CONFIGS)
     "defaults": "Krylov()",
     "maxiter1000": "Krylov(maxiter=1000)",
@@ -51,7 +53,8 @@ def _rows():
     curve = sorted((r for r in rows if r["method"] == "subspace_streamed"), key=lambda r: r["rank"])
     krylov = [r for r in rows if r["method"] == "krylov"]
     order = list(CONFIGS)
-    krylov.sort(key=lambda r: (r["baseline"] != BASE, order.index(r["config"])))
+    bases = list(BASELINE_LABELS)
+    krylov.sort(key=lambda r: (bases.index(r["baseline"]), order.index(r["config"])))
     return trained, curve, krylov
 
 
@@ -93,7 +96,7 @@ def report(trained, curve, krylov) -> str:
     ]  # fmt: skip
     best_c = min(curve, key=lambda r: r["mean_rel_l2"]) if curve else None
     kry_cols = [
-        (lambda r: "2,000 epochs" if r["baseline"] == BASE else "8,000 epochs", "baseline"),
+        (lambda r: BASELINE_LABELS[r["baseline"]], "baseline"),
         (lambda r: CONFIGS[r["config"]], "method (validation=)"),
         ("iterations", "iterations"),
         ("rank", "precond. rank"),

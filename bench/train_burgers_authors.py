@@ -80,9 +80,12 @@ def train(
     step_size: int = 500,
     suffix: str = "",
     arch: str = "deeponet",
+    n_train: int = 1000,
 ) -> None:
-    prob = BurgersProblem(dataset=dataset)  # float32, seed 0
+    prob = BurgersProblem(dataset=dataset, n_train=n_train)  # float32, seed 0
     net = make_net(prob, activation, arch)
+    if n_train != 1000:
+        suffix = f"_n{n_train}{suffix}"
     if arch != "deeponet":
         suffix = f"_{arch}{suffix}"
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=weight_decay)
@@ -138,6 +141,7 @@ def train(
     meta = dict(
         workload="burgers",
         arch=arch,
+        n_train=n_train,
         parameters=sum(p.numel() for p in net.parameters()),
         dataset=dataset,
         activation=activation,
@@ -175,6 +179,9 @@ def main() -> None:
         "error, so that baseline is trained with 0)",
     )
     ap.add_argument("--arch", choices=["deeponet", "multionet"], default="deeponet")
+    ap.add_argument(
+        "--n-train", type=int, default=1000, help="training functions (the test set: the next 50)"
+    )
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -187,6 +194,7 @@ def main() -> None:
             step_size=a.step_size,
             suffix=a.suffix,
             arch=a.arch,
+            n_train=a.n_train,
         )
 
 
