@@ -9,7 +9,21 @@ from torch import nn
 
 from ._mlp import check_widths, mlp_layers
 
-__all__ = ["DeepONet"]
+__all__ = ["DeepONet", "check_rows"]
+
+
+def check_rows(u: torch.Tensor, y: torch.Tensor) -> None:
+    """The aligned-rows convention of the operator networks' ``forward(u, y)``: 2-D ``u``
+    ``(N, m_sensors)`` and ``y`` ``(N, d)``, ``u`` with ``N`` rows or one (broadcast)."""
+    if u.dim() != 2 or y.dim() != 2:
+        raise ValueError(
+            f"u, y: expected 2-D tensors (N, m_sensors) and (N, d), got shapes "
+            f"{tuple(u.shape)} and {tuple(y.shape)}"
+        )
+    if u.shape[0] not in (1, y.shape[0]):
+        raise ValueError(
+            f"u: expected {y.shape[0]} rows (aligned with y) or 1 (broadcast), got {u.shape[0]}"
+        )
 
 
 class DeepONet(nn.Module):
@@ -88,15 +102,7 @@ class DeepONet(nn.Module):
         self.arch = arch
 
     def forward(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if u.dim() != 2 or y.dim() != 2:
-            raise ValueError(
-                f"u, y: expected 2-D tensors (N, m_sensors) and (N, d), got shapes "
-                f"{tuple(u.shape)} and {tuple(y.shape)}"
-            )
-        if u.shape[0] not in (1, y.shape[0]):
-            raise ValueError(
-                f"u: expected {y.shape[0]} rows (aligned with y) or 1 (broadcast), got {u.shape[0]}"
-            )
+        check_rows(u, y)
         b = self.branch(u)
         t = self.trunk(y)
         return (b * t).sum(-1, keepdim=True) + self.bias

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ._deeponet import check_rows
 from ._mlp import activation_module, check_widths
 
 __all__ = ["MultiONet"]
@@ -104,15 +105,7 @@ class MultiONet(nn.Module):
         return out
 
     def forward(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if u.dim() != 2 or y.dim() != 2:
-            raise ValueError(
-                f"u, y: expected 2-D tensors (N, m_sensors) and (N, d), got shapes "
-                f"{tuple(u.shape)} and {tuple(y.shape)}"
-            )
-        if u.shape[0] not in (1, y.shape[0]):
-            raise ValueError(
-                f"u: expected {y.shape[0]} rows (aligned with y) or 1 (broadcast), got {u.shape[0]}"
-            )
+        check_rows(u, y)
         b = self._features(self.branch, u)
         t = self._features(self.trunk, y)
         out = sum(w * (bl * tl).sum(-1, keepdim=True) for w, bl, tl in zip(self.weights, b, t))
