@@ -61,11 +61,17 @@ class Widen(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def make_fno(seed=0):
+ISSUE_FNO = dict(modes=16, width=32, layers=4)  # the FNO of the issue's report (86,817 reals)
+
+
+def make_fno(seed=0, modes=8, width=8, layers=2):
+    """A seeded neuraloperator FNO on 1-D inputs; the defaults are this script's small one,
+    ``make_fno(**ISSUE_FNO)`` the report's (``fno_user_case.py``, ``fno_speed.py``)."""
     from neuralop.models import FNO
 
     torch.manual_seed(seed)
-    return FNO(n_modes=(8,), hidden_channels=8, in_channels=1, out_channels=1, n_layers=2)
+    return FNO(n_modes=(modes,), hidden_channels=width, in_channels=1, out_channels=1,
+               n_layers=layers)  # fmt: skip
 
 
 def rel(a, b) -> float:

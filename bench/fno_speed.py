@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from fno_reference import ISSUE_FNO, make_fno  # bench/ is on sys.path when run
 
 import lsr_scale as ls
 from lsr_scale.bench._harness import device_name, timeit, write_files
@@ -35,13 +36,6 @@ from lsr_scale.operators._params import to_precision
 OUT = Path(__file__).resolve().parent / "results"
 
 STEM = "fno_speed_cpu"
-
-
-def make_fno():
-    from neuralop.models import FNO
-
-    torch.manual_seed(0)
-    return FNO(n_modes=(16,), hidden_channels=32, in_channels=1, out_channels=1, n_layers=4)
 
 
 def measure(model, x, repeat, block=16, **jac_kw):
@@ -93,7 +87,7 @@ def main(argv=None):
     ap.add_argument("--functions", type=int, default=200)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = make_fno().eval()
+    model = make_fno(**ISSUE_FNO).eval()
     x = torch.randn(args.functions, 1, 128, generator=torch.Generator().manual_seed(0))
     path = OUT / f"{STEM}.json"
     rows = json.loads(path.read_text())["rows"] if path.exists() else []

@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from fno_reference import ISSUE_FNO, make_fno, rel, train  # bench/ is on sys.path when run
 from torch import func as tfunc
 
 import lsr_scale as ls
@@ -36,30 +37,13 @@ from lsr_scale.operators._params import to_precision
 OUT = Path(__file__).resolve().parent / "results"
 
 
-def make_fno():
-    from neuralop.models import FNO
-
-    torch.manual_seed(0)
-    return FNO(n_modes=(16,), hidden_channels=32, in_channels=1, out_channels=1, n_layers=4)
-
-
-def rel(a, b) -> float:
-    return float((a - b).norm() / b.norm())
-
-
 def trained_model(x, y, steps):
     path = OUT / "fno_user_case.pt"
-    model = make_fno()
+    model = make_fno(**ISSUE_FNO)
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _ in range(steps):
-        opt.zero_grad()
-        ((model(x) - y) ** 2).mean().backward()
-        opt.step()
-        sched.step()
+    train(model, x, y, steps)
     state = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
     torch.save(state, path)
     return model.eval()
