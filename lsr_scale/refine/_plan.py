@@ -161,7 +161,7 @@ def plan_problem(
     if cur.total > budget and products.cache is None:
         # 4. the cached activations of every row do not fit (chunks do not shrink them):
         # keep none, and recompute one row chunk per product (slower still, same result)
-        cached = est(method).parts.get("cache", 0)
+        cached = cur.parts.get("cache", 0)  # the chunk does not change this part
         cache, chunk = False, rows if chunk0 is None else chunk0
         cur = est(method)
         while chunk > 1 and cur.total > budget:
