@@ -301,3 +301,28 @@ def test_precision_auto_is_device_aware(monkeypatch):
     assert k.product_dtype(torch.float32, has_data=True, device="cuda") == torch.float64
     assert ls.Krylov(precision="mixed").precision_choice(torch.float32, has_data=True) == {
         "precision": "mixed", "reason": "given"}  # fmt: skip
+
+
+def test_a_budget_below_the_basis_lowers_the_rank_after_dropping_the_cache():
+    """When even without the cache the preconditioner does not fit, the plan lowers its rank
+    (chosen at row chunks of 64 rows, then the largest chunk that fits); before, the rank
+    lever was tried only while the cache was still counted, and the plan raised."""
+    net, data = _mlp(width=32, rows=2000, dtype=torch.float64)
+    meth = ls.Krylov(preconditioner=Nystrom(rank=200, streamed=True), maxiter=30, stall=None)
+    least = ls.Products(cache=False, chunk_size=1, batch_size=1)  # the least rows can take
+    free = ls.plan(net, data=data, method=meth, memory_budget=1e12, products=least)
+    spec = free.method.preconditioner
+    tight = int(free.peak_bytes - 0.5 * free.parts["basis"])  # half the basis must go
+    p = ls.plan(net, data=data, method=meth, memory_budget=tight)
+    assert p.fits and p.products.cache is False
+    assert [c["setting"] for c in p.adapted] == ["Krylov.preconditioner.rank"]
+    low = p.method.preconditioner.rank
+    assert 1 <= low < spec.rank and p.adapted[0]["to"] == low
+    assert p.products.chunk_size == 62  # halving 2000 rows: the first chunk under 64 rows
+    with pytest.warns(RuntimeWarning, match="adapted"):
+        warnings.filterwarnings("ignore", "Krylov: stopped at maxiter")
+        r = ls.refine(net, data=data, method=meth, memory_budget=tight,
+                      generator=torch.Generator().manual_seed(1))  # fmt: skip
+    assert r.info["preconditioner"]["rank"] == low
+    assert [c["to"] for c in r.info["adapted"]] == [low]
+    assert r.info["loss_linearized"] < r.info["loss_before"]

@@ -423,3 +423,27 @@ def test_streamed_gram_under_out_of_memory_equals_the_unhindered_build(generator
     assert tight.failures > 0 and tight.widest <= 5
     torch.testing.assert_close(got[1], ref[1], rtol=1e-12, atol=0)
     torch.testing.assert_close(got[0].abs(), ref[0].abs(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_bytes", [8 << 20, 8 * 12 * 30])
+def test_tall_svd_inplace_over_row_chunks_matches_the_dense_svd(monkeypatch, chunk_bytes):
+    """The streamed build's TSQR and in-place rewrite, in one chunk and in row chunks of
+    ``max(2k, bytes / 8k)`` rows (here 30 rows of a 12-column matrix: many chunks, the last
+    one short), give the SVD of the whole matrix, and the buffer then holds ``V``."""
+    from lsr_scale.randomized import _lowrank
+
+    monkeypatch.setattr(_lowrank, "_STREAM_BYTES", chunk_bytes)
+    assert _lowrank.stream_rows(12) == (30 if chunk_bytes < 1 << 20 else (8 << 20) // 96)
+    g = torch.Generator().manual_seed(3)
+    m, k, r = 257, 12, 9
+    B = torch.randn(m, k, generator=g, dtype=torch.float64) * torch.logspace(0, -6, k).double()
+    buf = B.clone().reshape(-1)
+    V, S, Zh = _lowrank.tall_svd_inplace(buf, m, k, r)
+    Ud, Sd, Vhd = torch.linalg.svd(B, full_matrices=False)
+    assert torch.allclose(S, Sd[:r], rtol=1e-10)
+    assert V.data_ptr() == buf.data_ptr() and V.shape == (m, r)
+    # the same singular vectors up to sign, and V S Zh is B's best rank-r approximation
+    assert torch.allclose((V * Ud[:, :r]).sum(0).abs(), torch.ones(r, dtype=torch.float64),
+                          atol=1e-8)  # fmt: skip
+    best = (Ud[:, :r] * Sd[:r]) @ Vhd[:r]
+    assert torch.allclose((V * S) @ Zh, best, atol=1e-10)

@@ -10,6 +10,7 @@ import torch
 
 from .._checks import check_float_dtype, check_tolerance
 from ..randomized import lowrank_gram, lowrank_gram_streamed
+from ..randomized._lowrank import stream_rows
 from ._common import LowRankOperator, Preconditioner, as_operator
 
 __all__ = ["NystromPreconditioner", "lowrank_gram"]
@@ -231,7 +232,7 @@ class NystromPreconditioner(Preconditioner):
         # I + Q diag(d - 1) Q^T = I + U_b K U_b^T with K = R^-1 diag(d - 1) R^-T.
         ell = U.shape[1]
         G = torch.zeros((ell, ell), dtype=torch.float64, device=self.device)
-        step = 8192  # rows per float64 slab: 20 MB at l = 310
+        step = stream_rows(ell)  # rows per float64 slab (a few MB)
         for i in range(0, U.shape[0], step):
             Ui = torch.cat(
                 [B[i : i + step].to(torch.float64) for B in self.blocks if B.shape[1]], dim=1

@@ -200,9 +200,16 @@ def lowrank_gram(
     return U[:, :r], lam[:r], info
 
 
-# Rows per chunk of the streamed build's dense passes over the m x k basis (each chunk is
-# converted to float64 once per pass: 2 x 8192 x k x 8 bytes, a few tens of MB at k = 310).
-_STREAM_ROWS = 8192
+# Bytes of one float64 row chunk of the streamed build's dense passes over the m x k basis
+# (at least 2k rows, so the stacked TSQR costs at most 1.5x one QR of the whole). A pass holds
+# about three chunks at once (the chunk, its QR's copy and factor); 8192 rows, the fixed size
+# before, took 60 MiB at k = 310 and was the peak of a budgeted refine (issue 17).
+_STREAM_BYTES = 8 << 20
+
+
+def stream_rows(k: int) -> int:
+    """Rows per chunk of :func:`tall_svd_inplace`'s passes over an ``m x k`` basis."""
+    return max(2 * k, _STREAM_BYTES // (8 * max(1, k)))
 
 
 def lowrank_gram_streamed(
@@ -306,16 +313,17 @@ def tall_svd_inplace(buf: torch.Tensor, m: int, k: int, rank: int, *, drop_zero:
     """
     f64 = torch.float64
     B = buf[: m * k].view(m, k)
+    step = stream_rows(k)
     R = torch.zeros((0, k), dtype=f64, device=buf.device)
-    for i in range(0, m, _STREAM_ROWS):
-        R = torch.linalg.qr(torch.cat([R, B[i : i + _STREAM_ROWS].to(f64)]), mode="r").R
+    for i in range(0, m, step):
+        R = torch.linalg.qr(torch.cat([R, B[i : i + step].to(f64)]), mode="r").R
     _, S, Zh = torch.linalg.svd(R)
     r = min(rank, k)
     if drop_zero:
         r = max(1, min(r, int((S > 0).sum())))
     T = Zh[:r].T / S[:r].clamp_min(torch.finfo(f64).tiny)  # k x r
-    for i in range(0, m, _STREAM_ROWS):
-        i1 = min(m, i + _STREAM_ROWS)
+    for i in range(0, m, step):
+        i1 = min(m, i + step)
         new = (buf[i * k : i1 * k].view(i1 - i, k).to(f64) @ T).to(buf.dtype)
         buf[i * r : i1 * r] = new.reshape(-1)
     return buf[: m * r].view(m, r), S[:r], Zh[:r]

@@ -14,6 +14,7 @@ from .._progress import product_counter
 from .._utils import timed
 from ..precond import Jacobi, Nystrom, Sketch, as_preconditioner
 from ..precond._specs import Auto
+from ..randomized._lowrank import stream_rows
 from ..solvers import SolverInterrupted, SolverState, lsmr, lsqr
 from ._memory import largest
 from ._methods import Method, Problem
@@ -288,7 +289,11 @@ class Krylov(Method):
         if spec.is_streamed(sd):
             bs = torch.empty((), dtype=spec.basis_dtype or sd).element_size()
             parts["basis"] = z.m * k * bs
-            parts["build"] = 2 * z.n * k * ss  # A Omega and its orthonormal basis (n x k)
+            # the build's phases (lsr_scale.randomized.lowrank_gram_streamed): the QR of
+            # A Omega holds three n x k blocks before the basis exists; A^T Q then holds Q
+            # beside the basis; its TSQR holds about three float64 row chunks
+            tsqr = 3 * 8 * k * min(z.m, stream_rows(k))
+            parts["build"] = max(3 * z.n * k * ss - parts["basis"], z.n * k * ss, tsqr)
         else:
             # A^T Q (m x k) and its SVD factor (m x k) side by side; the Gaussian test
             # matrix is drawn (m x k, float64) and freed before A^T Q exists

@@ -9,7 +9,8 @@ The layers, bottom up:
 * This module puts them together: it measures the problem, estimates the peak, lowers the
   product batch (which changes no result), lets the method adapt its settings, then takes
   the rows in chunks and, when the cache of all rows' activations is what does not fit,
-  recomputes each chunk in every product instead of caching it (slower, same result).
+  recomputes each chunk in every product instead of caching it (slower, same result); if
+  that is still too much, the method's levers are tried again at those row chunks.
   :func:`plan` returns that without allocating the problem; :func:`lsr_scale.refine` runs
   the same plan and warns once when a setting that changes the result was adapted
   (``info["adapted"]``).
@@ -42,6 +43,8 @@ __all__ = ["Plan", "default_budget", "plan_problem", "BUDGET_SHARE"]
 
 #: Share of the free memory a refinement may plan to use by default.
 BUDGET_SHARE = 0.5
+#: Rows per chunk at which a method's levers are chosen when the cache has been dropped.
+STEP5_CHUNK = 64
 
 
 def default_budget(device=None, *, free: int | None = None) -> int:
@@ -171,6 +174,23 @@ def plan_problem(
             f"no cache of all rows' activations (it needs {_gb(cached)}): every product "
             "recomputes its row chunk's forward pass"
         )
+    if cur.total > budget:
+        # 5. the method's levers again, now that the rows' part can be small (at step 2 the
+        # cache alone could be over the budget, so no setting of theirs fitted). They are
+        # chosen at row chunks of STEP5_CHUNK rows (fewer make every product slow), or of 1
+        # row when nothing fits at that size
+        for chunk in dict.fromkeys((min(rows, chunk0 or rows, STEP5_CHUNK), 1)):
+            z = sizes_of(batch=batch, chunk=chunk, cache=cache, **base)
+            cand, more = method.adapt(z, lambda meth: est(meth).total <= budget)
+            if est(cand).total <= budget:
+                break
+        method, adapted = cand, [*adapted, *more]
+        notes += [f"{c['setting']}: {c['from']} -> {c['to']} ({c['reason']})" for c in more]
+        chunk = rows if chunk0 is None else chunk0  # then the largest row chunk that fits
+        cur = est(method)
+        while chunk > 1 and cur.total > budget:
+            chunk = max(1, chunk // 2)
+            cur = est(method)
     if chunk < rows and chunk != chunk0:
         notes.append(f"rows taken in chunks of {chunk} (was {chunk0 or 'all'})")
     else:
