@@ -63,11 +63,12 @@ MNIST_TRAIN = 2000  # CPU-scaled: training images of the MNIST rows (the paper u
 FULL = dict(
     digits_ks=(50, 100, 200, 400, 1000, 2000, 4000), mnist_ks=(100, 200, 400, 1000),
     digits_train=1000, levels={"short": 30, "long": 300}, peer_cap_s=600.0,
-    datasets=("digits", "mnist"), lean=True,
+    datasets=("digits", "mnist"), lean=True, seeds=(1, 2, 3, 4),
 )  # fmt: skip
 QUICK = dict(
     digits_ks=(50, 200), mnist_ks=(), digits_train=400, levels={"short": 30},
     peer_cap_s=10.0, datasets=("digits",), lean=False,  # lean rows need a fresh process
+    seeds=(),
 )  # fmt: skip
 PLAN_KS = (1000, 4000, 16000)
 # issue 17's memory target: Krylov() in <= 1/BUDGET_SHARE of what Subspace(rank=BUDGET_RANK)
@@ -134,9 +135,9 @@ def mnist_arrays():
         return pickle.load(f, encoding="latin1")
 
 
-def cnn(hw: int) -> torch.nn.Sequential:
+def cnn(hw: int, seed: int = SEED_INIT) -> torch.nn.Sequential:
     """The paper's CNN; ``hw`` is the side after the two stride-2 convolutions (7 on MNIST)."""
-    torch.manual_seed(SEED_INIT)
+    torch.manual_seed(seed)
     n = torch.nn
     return n.Sequential(
         n.Conv2d(1, 32, 3, stride=2, padding=1), n.GELU(),
@@ -145,11 +146,12 @@ def cnn(hw: int) -> torch.nn.Sequential:
     )  # fmt: skip
 
 
-def trained_cnn(d: dict, name: str, steps: int) -> torch.nn.Sequential:
+def trained_cnn(d: dict, name: str, steps: int, seed: int = SEED_INIT) -> torch.nn.Sequential:
     """The CNN trained with full-batch Adam (lr 3e-3) and cross-entropy (cached)."""
-    net = cnn(d["hw"])
+    net = cnn(d["hw"], seed)
     CACHE.mkdir(parents=True, exist_ok=True)
-    ck = CACHE / f"{name}_{len(d['y'])}_{steps}.pt"
+    tag = "" if seed == SEED_INIT else f"_seed{seed}"
+    ck = CACHE / f"{name}_{len(d['y'])}_{steps}{tag}.pt"
     if ck.exists():
         net.load_state_dict(torch.load(ck))
         return net.eval()
@@ -176,9 +178,13 @@ def ce(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------- points
-def _refine_point(net, d, loss, method, memory_budget=None, products=None):
-    """One ``ls.refine`` with its accuracy, losses, time and memory."""
+def _refine_point(net, d, loss, method, memory_budget=None, products=None, validation=False):
+    """One ``ls.refine`` with its accuracy, losses, time and memory (``validation``: with the
+    validation images)."""
     targets = F.one_hot(d["y"], 10).float() if loss == "mse" else d["y"]
+    val = None
+    if validation:
+        val = (d["xv"], F.one_hot(d["yv"], 10).float() if loss == "mse" else d["yv"])
     rss0 = _read_vmrss()
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -186,7 +192,7 @@ def _refine_point(net, d, loss, method, memory_budget=None, products=None):
         gen = torch.Generator().manual_seed(SEED_REFINE)
         r = ls.refine(net, data=(d["x"], targets), loss=loss, method=method, generator=gen,
                       progress_bar=False, memory_budget=memory_budget,
-                      products=products)  # fmt: skip
+                      products=products, validation=val)  # fmt: skip
     wall = time.perf_counter() - t0
     info = r.info
     pred_test, pred_train = outputs(r, d["xt"]), outputs(r, d["x"])
@@ -350,6 +356,9 @@ def run_point(key: str, cfg: dict) -> dict:
         if parts[2] == "first_call":  # what any first refine of a process adds, at 4 images
             row = _first_refine(net, d)
             return {k: row[k] for k in ("increment_bytes", "peak_mem_bytes", "wall_s")}
+        if parts[2] == "warm_krylov_budget":  # the lean budget row with glibc's defaults
+            _first_refine(net, d)
+            return _refine_point(net, d, "softmax_mse", ls.Krylov(), int(parts[3]))
         if parts[2].startswith("lean_"):  # warmed, freed memory returned (LEAN_ENV)
             if os.environ.get("MALLOC_MMAP_THRESHOLD_") != LEAN_ENV["MALLOC_MMAP_THRESHOLD_"]:
                 raise RuntimeError(f"{key}: expected the environment {LEAN_ENV}")
@@ -370,9 +379,16 @@ def run_point(key: str, cfg: dict) -> dict:
     if section == "trained":
         if parts[3] == "trained":
             return dict(_net_row(net, d), adam_steps=cfg["levels"][level])
+        if parts[4] == "subspace_auto":  # the rank chosen on the validation images
+            return _refine_point(net, d, parts[3], ls.Subspace(rank="auto"), validation=True)
         return _refine_point(net, d, parts[3], parts[4])
     if section == "peers":
         return _peer_point(parts[3], net, d, float(parts[4]))
+    if section == "seeds":  # seeds/digits/long/<seed>/trained or .../<seed>/<loss>/<method>
+        net = trained_cnn(d, name, cfg["levels"][level], seed=int(parts[3]))
+        if parts[4] == "trained":
+            return _net_row(net, d)
+        return _refine_point(net, d, parts[4], parts[5])
     raise ValueError(f"point: unknown section in {key!r}")
 
 
@@ -391,6 +407,8 @@ def points(cfg: dict) -> list[str]:
         ]
         if cfg["lean"]:
             out += [f"paper/{name}/lean_subspace/{BUDGET_RANK}", f"paper/{name}/lean_krylov_budget"]
+            if name == "digits":  # the same budget, glibc's default: what the RSS keeps
+                out.append(f"paper/{name}/warm_krylov_budget")
         if name != "digits":
             continue
         if "mnist" in cfg["datasets"]:  # cheap: before the long MNIST rows
@@ -399,6 +417,11 @@ def points(cfg: dict) -> list[str]:
             out.append(f"trained/digits/{level}/trained")
             out += [f"trained/digits/{level}/{lo}/{me}" for lo in LOSSES for me in METHODS]
             out += [f"peers/digits/{level}/{p}" for p in PEERS]
+        if "long" in cfg["levels"]:  # would validation data have chosen a better rank?
+            out += [f"trained/digits/long/{lo}/subspace_auto" for lo in LOSSES[:2]]
+        for seed in cfg["seeds"]:  # more networks of the long run, for the two squared losses
+            out.append(f"seeds/digits/long/{seed}/trained")
+            out += [f"seeds/digits/long/{seed}/{lo}/{me}" for lo in LOSSES[:2] for me in METHODS]
     return out
 
 
@@ -450,7 +473,7 @@ def main(argv=None):
                 level = key.split("/")[2]
                 key = f"{key}/{_budget(rows, level, cfg['peer_cap_s'])}"
             elif "krylov_budget" in key.split("/")[2]:  # 1/5 of Subspace(rank=1000)'s
-                lean = "lean_" if key.split("/")[2].startswith("lean_") else ""
+                lean = "" if key.split("/")[2].startswith("krylov_budget") else "lean_"
                 sub = rows.get(f"paper/{key.split('/')[1]}/{lean}subspace/{BUDGET_RANK}")
                 if not sub or "error" in sub:
                     continue
@@ -559,6 +582,21 @@ def targets(rows: dict) -> list[str]:
                     "`torch.func`'s VJP functions, and its JVPs of any `a - b`, `a + b` or "
                     "`a * b` such as the residual's, import `torch._dynamo`)."
                 )
+        sub = rows.get(f"paper/{name}/lean_subspace/{BUDGET_RANK}")
+        bud = next((r for k, r in rows.items() if k.startswith(f"paper/{name}/lean_krylov_budget/")
+                    and "error" not in r), None)  # fmt: skip
+        if sub and bud and "error" not in sub:
+            ratio = bud["increment_bytes"] / sub["increment_bytes"]
+            acc_ok, mem_ok = bud["test_acc"] >= sub["test_acc"], ratio <= 1 / BUDGET_SHARE
+            lines.append(
+                f"  - each route's own memory (warmed process, freed memory returned: the lean "
+                f"rows): Krylov() with `memory_budget=` {_mib(bud['memory_budget'])} (1/"
+                f"{BUDGET_SHARE} of Subspace(rank={BUDGET_RANK})'s {_mib(sub['increment_bytes'])})"
+                f" {_pct(bud['test_acc'])} against {_pct(sub['test_acc'])} (**"
+                f"{'met' if acc_ok else 'not met'}**) in {_mib(bud['increment_bytes'])} "
+                f"({ratio:.2f}x; <= 0.2x **{'met' if mem_ok else 'not met'}**; planned "
+                f"{_mib(bud['planned_bytes'])})."
+            )
     levels = sorted({k.split("/")[2] for k in rows if k.startswith("trained/")},
                     key=lambda lv: FULL["levels"].get(lv, 0))  # fmt: skip
     for level in levels:
@@ -604,6 +642,19 @@ def targets(rows: dict) -> list[str]:
                     + ("at least as accurate" if won else f"the peer wins by "
                        f"{100 * (best['test_acc'] - r['test_acc']):.1f} points") + "**."
                 )  # fmt: skip
+    seeds = _seed_changes(rows)
+    if len(seeds) > 1:
+        cols = [f"{lo}/{me}" for lo in LOSSES[:2] for me in METHODS]
+        parts = []
+        for c in cols:
+            ch = [g[c] for g in seeds.values() if c in g]
+            parts.append(f"`{c}` {', '.join(f'{v:+d}' for v in ch)} (lost on "
+                         f"{sum(v < 0 for v in ch)} of {len(ch)})")  # fmt: skip
+        lines.append(
+            f"- the long run over {len(seeds)} initializations, change in correct test images: "
+            + "; ".join(parts)
+            + "."
+        )
     return lines
 
 
@@ -626,7 +677,7 @@ def _write(rec: Record, args, cfg: dict) -> str:
         init = rows.get(f"paper/{name}/init")
         keys = [k for k in rows if k.startswith(f"paper/{name}/")
                 and k.split("/")[2] not in ("init", "first_call")
-                and not k.split("/")[2].startswith("lean_")]  # fmt: skip
+                and not k.split("/")[2].startswith(("lean_", "warm_"))]  # fmt: skip
         if not init and not keys:
             continue
         n_train = cfg["digits_train"] if name == "digits" else MNIST_TRAIN
@@ -711,11 +762,13 @@ def _write(rec: Record, args, cfg: dict) -> str:
             body.append(f"| trained network | {_pct(base.get('test_acc'))} | | | "
                         f"{_f(base.get('train_ce'))} | | | |")  # fmt: skip
         for lo in LOSSES:
-            for me in METHODS:
+            for me in (*METHODS, "subspace_auto"):
                 r = rows.get(f"trained/digits/{level}/{lo}/{me}")
                 if r is None:
                     continue
                 label = f'`loss="{lo}"`, `method="{me}"`'
+                if me == "subspace_auto":
+                    label = f'`loss="{lo}"`, `Subspace(rank="auto")`, `validation=` 300 images'
                 if "error" in r:
                     body.append(f"| {label} | {_err(r)} | | | | | | |")
                     continue
@@ -752,21 +805,64 @@ def _write(rec: Record, args, cfg: dict) -> str:
                 body.append(f"| {p} | {_pct(r['test_acc'])} | {_f(r['train_ce'])} | "
                             f"{r['wall_s']:.1f} | {r['settings']} |")  # fmt: skip
         body.append("")
+    body += _seeds_table(rows)
     command = f"python bench/classification.py{quick} --threads {args.threads}"
     rec.set(command=command, mnist_train=MNIST_TRAIN, paper=PAPER)
     return rec.markdown("Classification: the paper's CNN and trained CNNs", None,
                         command=command, more=["\n".join(body)])  # fmt: skip
 
 
+def _seed_changes(rows: dict) -> dict:
+    """``{seed: {"trained": acc, "loss/method": change in correct test images}}`` of the long
+    run's networks: seed 0 from the ``trained/`` rows, the others from ``seeds/``."""
+    out = {}
+    for seed in (SEED_INIT, *FULL["seeds"]):
+        pre = "trained/digits/long" if seed == SEED_INIT else f"seeds/digits/long/{seed}"
+        base = rows.get(f"{pre}/trained")
+        if not base or "error" in base:
+            continue
+        got = {"trained": base["test_acc"]}
+        for lo in LOSSES[:2]:
+            for me in METHODS:
+                r = rows.get(f"{pre}/{lo}/{me}")
+                if r and "error" not in r:
+                    got[f"{lo}/{me}"] = round((r["test_acc"] - base["test_acc"]) * DIGITS_TEST)
+        out[seed] = got
+    return out
+
+
+def _seeds_table(rows: dict) -> list[str]:
+    seeds = _seed_changes(rows)
+    if len(seeds) < 2:
+        return []
+    cols = [f"{lo}/{me}" for lo in LOSSES[:2] for me in METHODS]
+    body = [
+        "## The long run's network over five initializations (seed 0: the table above)",
+        "",
+        f"Change in correctly classified test images (of {DIGITS_TEST}) by each default "
+        "refinement:",
+        "",
+        "| init seed | trained | " + " | ".join(f"`{c}`" for c in cols) + " |",
+        "|---:|---:|" + "---:|" * len(cols),
+    ]
+    for seed, got in seeds.items():
+        cells = [f"{got[c]:+d}" if c in got else "" for c in cols]
+        body.append(f"| {seed} | {_pct(got['trained'])} | " + " | ".join(cells) + " |")
+    sums = [sum(g[c] for g in seeds.values() if c in g) for c in cols]
+    body.append("| sum | | " + " | ".join(f"{v:+d}" for v in sums) + " |")
+    return body + [""]
+
+
 def _lean_table(rows: dict) -> list[str]:
     """The two routes' own memory (the ``lean_`` rows: warmed process, LEAN_ENV)."""
-    lean = {k: r for k, r in rows.items() if k.split("/")[2].startswith("lean_")}
+    lean = {k: r for k, r in rows.items() if k.split("/")[2].startswith(("lean_", "warm_"))}
     if not lean:
         return []
     body = [
         "Each route's own memory: a process warmed by a refine of 4 images, glibc's mmap "
         f"threshold fixed ({', '.join(f'{k}={v}' for k, v in LEAN_ENV.items())}) so that "
-        "freed tensors leave the RSS:",
+        "freed tensors leave the RSS (the row marked glibc's defaults: the same budget without "
+        "it):",
         "",
         "| data | method | test acc. | wall (s) | added mem | planned | ratio |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -784,7 +880,8 @@ def _lean_table(rows: dict) -> list[str]:
                          f"{r.get('iterations')} iterations, Nyström rank {r.get('precond_rank')}"
                          + (", no cache" if r.get("cache") is False else "")
                          + (f", row chunks of {r['chunk_size']}" if r.get("chunk_size") else "")
-                         + "".join(f", {a}" for a in r.get("adapted") or []))  # fmt: skip
+                         + "".join(f", {a}" for a in r.get("adapted") or [])
+                         + (" (glibc's defaults)" if "/warm_" in k else ""))  # fmt: skip
             ratio = (f"{r['increment_bytes'] / sub['increment_bytes']:.2f}x"
                      if sub and "error" not in sub else "")  # fmt: skip
             body.append(
