@@ -283,8 +283,9 @@ def refine(
         silent.
     memory_budget : int or float, optional
         Bytes the refinement may use (default: half of the memory free on the
-        model's device, :func:`lsr_scale.refine._plan.default_budget`). Settings whose
-        estimate exceeds it are adapted in each method's documented order, with one
+        model's device, :func:`lsr_scale.refine._plan.default_budget`). The estimate fills
+        at most 95% of it. Settings whose estimate exceeds that are adapted in each
+        method's documented order, with one
         warning, and ``info["adapted"]`` lists each change; :func:`lsr_scale.plan` shows
         the same plan without running. See "Large models" in ``docs/guide.md``.
     loss : str or loss object
