@@ -203,7 +203,7 @@ def lowrank_gram(
 # Bytes of one float64 row chunk of the streamed build's dense passes over the m x k basis
 # (at least 2k rows, so the stacked TSQR costs at most 1.5x one QR of the whole). A pass holds
 # about three chunks at once (the chunk, its QR's copy and factor); 8192 rows, the fixed size
-# before, took 60 MiB at k = 310 and was the peak of a budgeted refine (issue 17).
+# before, took about 70 MiB at k = 310, the peak of a budgeted refine (issue 17).
 _STREAM_BYTES = 8 << 20
 
 

@@ -44,7 +44,7 @@ __all__ = ["Plan", "default_budget", "plan_problem", "BUDGET_SHARE"]
 #: Share of the free memory a refinement may plan to use by default.
 BUDGET_SHARE = 0.5
 #: Rows per chunk at which a method's levers are chosen when the cache has been dropped.
-STEP5_CHUNK = 64
+LEVER_CHUNK = 64
 #: Share of the budget the estimate may fill. The rest is for what it does not count (the
 #: allocator's rounding, small tensors, Python objects): on issue 17's digits CNN a plan that
 #: filled 99.5% of a 62.5 MiB budget measured 63.2 MiB (glibc returning freed memory).
@@ -182,9 +182,9 @@ def plan_problem(
     if cur.total > budget:
         # 5. the method's levers again, now that the rows' part can be small (at step 2 the
         # cache alone could be over the budget, so no setting of theirs fitted). They are
-        # chosen at row chunks of STEP5_CHUNK rows (fewer make every product slow), or of 1
+        # chosen at row chunks of LEVER_CHUNK rows (fewer make every product slow), or of 1
         # row when nothing fits at that size
-        for chunk in dict.fromkeys((min(rows, chunk0 or rows, STEP5_CHUNK), 1)):
+        for chunk in dict.fromkeys((min(rows, chunk0 or rows, LEVER_CHUNK), 1)):
             z = sizes_of(batch=batch, chunk=chunk, cache=cache, **base)
             cand, more = method.adapt(z, lambda meth: est(meth).total <= budget)
             if est(cand).total <= budget:

@@ -285,9 +285,9 @@ def refine(
         Bytes the refinement may use (default: half of the memory free on the
         model's device, :func:`lsr_scale.refine._plan.default_budget`). The estimate fills
         at most 95% of it. Settings whose estimate exceeds that are adapted in each
-        method's documented order, with one
-        warning, and ``info["adapted"]`` lists each change; :func:`lsr_scale.plan` shows
-        the same plan without running. See "Large models" in ``docs/guide.md``.
+        method's documented order, with one warning, and ``info["adapted"]`` lists each
+        change; :func:`lsr_scale.plan` shows the same plan without running. See "Large
+        models" in ``docs/guide.md``.
     loss : str or loss object
         What is minimized: ``"mse"`` (the squared error, the default), ``"softmax_mse"``
         (a classifier's softmax outputs against one-hot labels, linearized through the
