@@ -221,6 +221,18 @@ def _refine_point(net, d, loss, method, memory_budget=None, products=None, valid
         )  # fmt: skip
     if loss != "softmax_mse":  # logits: their training cross-entropy
         row["train_ce_predictor"] = ce(pred_train, d["y"])
+    # the test images whose correctness the refine changed, each with the rank of its margin
+    # (top-1 minus top-2 probability) under the network before, 0 the least confident
+    p0 = outputs(net, d["xt"]).softmax(-1)
+    top = p0.topk(2, -1).values
+    rank = torch.empty(len(p0), dtype=torch.long)
+    rank[(top[:, 0] - top[:, 1]).argsort()] = torch.arange(len(p0))
+    ok0, ok1 = p0.argmax(-1) == d["yt"], pred_test.argmax(-1) == d["yt"]
+    row["flips"] = [
+        {"image": i, "now_correct": bool(ok1[i]), "margin_rank": int(rank[i]),
+         "margin": float(top[i, 0] - top[i, 1])}
+        for i in torch.nonzero(ok0 != ok1).flatten().tolist()
+    ]  # fmt: skip
     if loss == "cross_entropy":
         row["selected_step"] = info.get("selected_step")
         row["steps_stop"] = info.get("steps_stop")

@@ -737,3 +737,25 @@ def test_classification_targets_and_memory_prose_quote_their_results():
                                           kry["digits"]["increment_bytes"] / mib,
                                           warm["planned_bytes"] / mib]):  # fmt: skip
         agrees(fig, value, "results.md section 6")
+
+
+def test_classification_flips_quote_their_json():
+    """What section 6 says of the test images the long-trained network's subspace refines
+    changed (the rows' ``flips``)."""
+    rows = {r["key"]: r for r in _json("bench/results/classification_cpu.json")["rows"]}
+    page = (DOCS / "results.md").read_text()
+    (lost,) = rows["trained/digits/long/softmax_mse/subspace"]["flips"]
+    assert not lost["now_correct"] and lost["margin_rank"] == 0
+    text = "least confident of the 497 (its top two probabilities 0.016 apart)"
+    assert text in page
+    agrees("0.016", lost["margin"], "results.md section 6")
+    flips = rows["trained/digits/long/mse/subspace"]["flips"]
+    text = (
+        "it changed 16 test images, 7 to right and 9 to wrong,\namong them confident ones: "
+        "probability margins up to 0.99999"
+    )
+    assert text in page
+    wrong = [f for f in flips if not f["now_correct"]]
+    values = [len(flips), len(flips) - len(wrong), len(wrong), max(f["margin"] for f in wrong)]
+    for fig, value in zip(figures(text), values, strict=True):
+        agrees(fig, value, "results.md section 6")
