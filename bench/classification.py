@@ -178,9 +178,11 @@ def ce(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------- points
-def _refine_point(net, d, loss, method, memory_budget=None, products=None, validation=False):
+def _refine_point(
+    net, d, loss, method, memory_budget=None, products=None, validation=False, flips=False
+):
     """One ``ls.refine`` with its accuracy, losses, time and memory (``validation``: with the
-    validation images)."""
+    validation images; ``flips``: the test images it changed, for a trained ``net``)."""
     targets = F.one_hot(d["y"], 10).float() if loss == "mse" else d["y"]
     val = None
     if validation:
@@ -221,18 +223,10 @@ def _refine_point(net, d, loss, method, memory_budget=None, products=None, valid
         )  # fmt: skip
     if loss != "softmax_mse":  # logits: their training cross-entropy
         row["train_ce_predictor"] = ce(pred_train, d["y"])
-    # the test images whose correctness the refine changed, each with the rank of its margin
-    # (top-1 minus top-2 probability) under the network before, 0 the least confident
-    p0 = outputs(net, d["xt"]).softmax(-1)
-    top = p0.topk(2, -1).values
-    rank = torch.empty(len(p0), dtype=torch.long)
-    rank[(top[:, 0] - top[:, 1]).argsort()] = torch.arange(len(p0))
-    ok0, ok1 = p0.argmax(-1) == d["yt"], pred_test.argmax(-1) == d["yt"]
-    row["flips"] = [
-        {"image": i, "now_correct": bool(ok1[i]), "margin_rank": int(rank[i]),
-         "margin": float(top[i, 0] - top[i, 1])}
-        for i in torch.nonzero(ok0 != ok1).flatten().tolist()
-    ]  # fmt: skip
+    if flips:  # the test images whose correctness the refine changed, each with the rank of
+        # its margin (top-1 minus top-2 probability) under the network before, 0 the least
+        # confident
+        row["flips"] = _flips(net, d, pred_test)
     if loss == "cross_entropy":
         row["selected_step"] = info.get("selected_step")
         row["steps_stop"] = info.get("steps_stop")
@@ -242,6 +236,19 @@ def _refine_point(net, d, loss, method, memory_budget=None, products=None, valid
             for e in info.get("steps", [])
         ]  # fmt: skip
     return row
+
+
+def _flips(net, d, pred_test) -> list[dict]:
+    p0 = outputs(net, d["xt"]).softmax(-1)
+    top = p0.topk(2, -1).values
+    rank = torch.empty(len(p0), dtype=torch.long)
+    rank[(top[:, 0] - top[:, 1]).argsort()] = torch.arange(len(p0))
+    ok0, ok1 = p0.argmax(-1) == d["yt"], pred_test.argmax(-1) == d["yt"]
+    return [
+        {"image": i, "now_correct": bool(ok1[i]), "margin_rank": int(rank[i]),
+         "margin": float(top[i, 0] - top[i, 1])}
+        for i in torch.nonzero(ok0 != ok1).flatten().tolist()
+    ]  # fmt: skip
 
 
 def _first_refine(net, d):
@@ -392,15 +399,16 @@ def run_point(key: str, cfg: dict) -> dict:
         if parts[3] == "trained":
             return dict(_net_row(net, d), adam_steps=cfg["levels"][level])
         if parts[4] == "subspace_auto":  # the rank chosen on the validation images
-            return _refine_point(net, d, parts[3], ls.Subspace(rank="auto"), validation=True)
-        return _refine_point(net, d, parts[3], parts[4])
+            return _refine_point(net, d, parts[3], ls.Subspace(rank="auto"), validation=True,
+                                 flips=True)  # fmt: skip
+        return _refine_point(net, d, parts[3], parts[4], flips=True)
     if section == "peers":
         return _peer_point(parts[3], net, d, float(parts[4]))
     if section == "seeds":  # seeds/digits/long/<seed>/trained or .../<seed>/<loss>/<method>
         net = trained_cnn(d, name, cfg["levels"][level], seed=int(parts[3]))
         if parts[4] == "trained":
             return _net_row(net, d)
-        return _refine_point(net, d, parts[4], parts[5])
+        return _refine_point(net, d, parts[4], parts[5], flips=True)
     raise ValueError(f"point: unknown section in {key!r}")
 
 

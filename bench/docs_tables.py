@@ -6,7 +6,9 @@ A docs page marks a table it quotes from ``bench/results/<stem>.md``::
     | ... the table ... |
     <!-- /results -->
 
-``table=k`` (default 1) picks the k-th markdown table of the results file. This script
+``table=k`` (default 1) picks the k-th markdown table of the results file;
+``section=Name`` the body of its ``## Name`` section instead (a list, such as a script's
+targets). This script
 rewrites every marked region from the results files; ``tests/test_docs_tables.py`` fails
 when a region differs from its source, so a rerun of a benchmark cannot leave the docs
 behind.
@@ -26,8 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs"
 REGION = re.compile(
-    r"(<!-- results: (?P<stem>[\w.-]+)(?: table=(?P<k>\d+))? -->\n)"
-    r"(?P<body>.*?)(<!-- /results -->)",
+    r"(?P<head><!-- results: (?P<stem>[\w.-]+)"
+    r"(?: (?:table=(?P<k>\d+)|section=(?P<section>[\w-]+)))? -->\n)"
+    r"(?P<body>.*?)(?P<tail><!-- /results -->)",
     re.S,
 )
 
@@ -46,8 +49,25 @@ def tables(text: str) -> list[str]:
     return out
 
 
-def source(stem: str, k: int) -> str:
+def section(text: str, name: str) -> str:
+    """The body of the ``## name`` section of ``text``, without its blank edges."""
+    head = f"## {name}\n"
+    if head not in text:
+        raise ValueError(f"expected a '## {name}' section, got none")
+    body = text.split(head, 1)[1].split("\n## ", 1)[0]
+    return body.strip("\n") + "\n"
+
+
+def _key(m) -> int | str:
+    """A region's table number, or its section name."""
+    return m.group("section") or int(m.group("k") or 1)
+
+
+def source(stem: str, k: int | str) -> str:
+    """Table ``k`` (an int) or section ``k`` (a name) of ``bench/results/<stem>.md``."""
     path = RESULTS / f"{stem}.md"
+    if isinstance(k, str):
+        return section(path.read_text(), k)
     found = tables(path.read_text())
     if not 1 <= k <= len(found):
         raise ValueError(f"{path}: expected at least {k} tables, got {len(found)}")
@@ -57,7 +77,7 @@ def source(stem: str, k: int) -> str:
 def regions(page: Path):
     """``(stem, k, body)`` of each marked region of ``page``."""
     for m in REGION.finditer(page.read_text()):
-        yield m.group("stem"), int(m.group("k") or 1), m.group("body")
+        yield m.group("stem"), _key(m), m.group("body")
 
 
 def rewrite(page: Path) -> bool:
@@ -65,7 +85,7 @@ def rewrite(page: Path) -> bool:
     text = page.read_text()
 
     def fill(m):
-        return m.group(1) + source(m.group("stem"), int(m.group("k") or 1)) + m.group(5)
+        return m.group("head") + source(m.group("stem"), _key(m)) + m.group("tail")
 
     new = REGION.sub(fill, text)
     if new != text:
@@ -81,7 +101,8 @@ def main(argv=None) -> int:
     for page in sorted(DOCS.glob("*.md")):
         for stem, k, body in regions(page):
             if body != source(stem, k):
-                stale.append(f"{page.relative_to(ROOT)}: {stem} table {k}")
+                what = f"section {k}" if isinstance(k, str) else f"table {k}"
+                stale.append(f"{page.relative_to(ROOT)}: {stem} {what}")
         if not args.check:
             rewrite(page)
     if args.check and stale:
