@@ -421,9 +421,10 @@ def test_prose_figures_quote_their_json():
 
 
 def test_readme_demo_table_quotes_the_recorded_demo():
-    """The errors, iterations and products of the README's table are those of
-    ``bench/results/demo_cpu.json`` (what ``lsr-scale demo`` wrote, seed 0), and the prose under
-    the table quotes the table. The time column is a timing of its own run, not checked."""
+    """The errors, times, iterations and products of the README's table are those of
+    ``bench/results/demo_cpu.json`` (what ``lsr-scale demo`` wrote, seed 0), the prose under
+    the table quotes the table, and its float64 figure is ``demo_float64_cpu.json``'s
+    (``lsr-scale demo --dtype float64``)."""
     readme = (ROOT / "README.md").read_text()
     table = rows(docs_tables.tables(readme.split("## What the demo prints")[1])[0])
     demo = _json("bench/results/demo_cpu.json")
@@ -434,12 +435,17 @@ def test_readme_demo_table_quotes_the_recorded_demo():
         assert row["method"].split(" (")[0] == rec["method"].split(" (")[0], what
         agrees(row["test rel. L2"], rec["rel_l2"], what)
         agrees(row["reduction"].rstrip("x"), trained / rec["rel_l2"], what)
+        agrees(row["time (s)"], rec["time_s"], what)
         assert row["LSMR iters"] == str(rec["iters"]), what
         assert row["JVP+VJP"] == rec["products"], what
     krylov = demo[-1]
     assert f"stops on its own after {krylov['iters']} iterations" in readme
     ratio = re.search(r"iterations, ([\d.]+)x more accurate than one-shot LSR", readme).group(1)
     agrees(ratio, demo[1]["rel_l2"] / krylov["rel_l2"], "Krylov over one-shot")
+    f64 = _json("bench/results/demo_float64_cpu.json")
+    assert f64[1]["method"].startswith("one-shot LSR")
+    quoted = re.search(r"`--dtype float64` the subspace route reaches ([\d.e-]+)", readme)
+    agrees(quoted.group(1), f64[1]["rel_l2"], "the float64 demo's subspace route")
 
 
 # -- the guide's list of info keys ---------------------------------------------------------
