@@ -156,25 +156,37 @@ def plan_problem(
     if batch != b0:
         notes.append(f"product batch lowered to {batch} columns (was {b0})")
     adapted = []
+
+    def describe(changes):
+        return [f"{c['setting']}: {c['from']} -> {c['to']} ({c['reason']})" for c in changes]
+
     if cur.total > budget:  # 2. the method's own levers, in its documented order
         z = sizes_of(batch=batch, chunk=chunk, cache=cache, **base)
         method, adapted = method.adapt(z, lambda meth: est(meth).total <= budget)
         cur = est(method)
-        notes += [f"{c['setting']}: {c['from']} -> {c['to']} ({c['reason']})" for c in adapted]
+        notes += describe(adapted)
     chunk0 = chunk
-    chunk = rows if chunk is None else chunk
-    while chunk > 1 and cur.total > budget:  # 3. rows in chunks: slower, same result
-        chunk = max(1, chunk // 2)
-        cur = est(method)
+    full = rows if chunk0 is None else chunk0  # the chunk every halving starts from
+
+    def largest_chunk():
+        """Halve the row chunk from ``full`` until ``method`` fits (or 1); its estimate."""
+        nonlocal chunk
+        chunk = full
+        got = est(method)
+        while chunk > 1 and got.total > budget:
+            chunk = max(1, chunk // 2)
+            got = est(method)
+        return got
+
+    chunk = full
+    if cur.total > budget:  # 3. rows in chunks: slower, same result
+        cur = largest_chunk()
     if cur.total > budget and products.cache is None:
         # 4. the cached activations of every row do not fit (chunks do not shrink them):
         # keep none, and recompute one row chunk per product (slower still, same result)
         cached = cur.parts.get("cache", 0)  # the chunk does not change this part
-        cache, chunk = False, rows if chunk0 is None else chunk0
-        cur = est(method)
-        while chunk > 1 and cur.total > budget:
-            chunk = max(1, chunk // 2)
-            cur = est(method)
+        cache = False
+        cur = largest_chunk()
         notes.append(
             f"no cache of all rows' activations (it needs {_gb(cached)}): every product "
             "recomputes its row chunk's forward pass"
@@ -183,19 +195,15 @@ def plan_problem(
         # 5. the method's levers again, now that the rows' part can be small (at step 2 the
         # cache alone could be over the budget, so no setting of theirs fitted). They are
         # chosen at row chunks of LEVER_CHUNK rows (fewer make every product slow), or of 1
-        # row when nothing fits at that size
-        for chunk in dict.fromkeys((min(rows, chunk0 or rows, LEVER_CHUNK), 1)):
+        # row when nothing fits at that size; then the largest row chunk that fits
+        for chunk in dict.fromkeys((min(rows, full, LEVER_CHUNK), 1)):
             z = sizes_of(batch=batch, chunk=chunk, cache=cache, **base)
             cand, more = method.adapt(z, lambda meth: est(meth).total <= budget)
             if est(cand).total <= budget:
                 break
         method, adapted = cand, [*adapted, *more]
-        notes += [f"{c['setting']}: {c['from']} -> {c['to']} ({c['reason']})" for c in more]
-        chunk = rows if chunk0 is None else chunk0  # then the largest row chunk that fits
-        cur = est(method)
-        while chunk > 1 and cur.total > budget:
-            chunk = max(1, chunk // 2)
-            cur = est(method)
+        notes += describe(more)
+        cur = largest_chunk()
     if chunk < rows and chunk != chunk0:
         notes.append(f"rows taken in chunks of {chunk} (was {chunk0 or 'all'})")
     else:
