@@ -82,6 +82,8 @@ BUDGET_RANK, BUDGET_SHARE = 1000, 5
 LEAN_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 LOSSES = ("mse", "softmax_mse", "cross_entropy")
 METHODS = ("subspace", "krylov")
+# the refinements the extra long-trained networks get (seeds/ rows): the two squared losses
+SEED_COLS = tuple(f"{lo}/{me}" for lo in LOSSES[:2] for me in METHODS)
 PEERS = {
     "adam": "continued Adam (lr 3e-3, full batch, as trained)",
     "lbfgs": "L-BFGS (torch.optim.LBFGS, strong Wolfe, full batch)",
@@ -375,11 +377,9 @@ def run_point(key: str, cfg: dict) -> dict:
         if parts[2] == "first_call":  # what any first refine of a process adds, at 4 images
             row = _first_refine(net, d)
             return {k: row[k] for k in ("increment_bytes", "peak_mem_bytes", "wall_s")}
-        if parts[2] == "warm_krylov_budget":  # the lean budget row with glibc's defaults
-            _first_refine(net, d)
-            return _refine_point(net, d, "softmax_mse", ls.Krylov(), int(parts[3]))
-        if parts[2].startswith("lean_"):  # warmed, freed memory returned (LEAN_ENV)
-            if os.environ.get("MALLOC_MMAP_THRESHOLD_") != LEAN_ENV["MALLOC_MMAP_THRESHOLD_"]:
+        if parts[2].startswith(("lean_", "warm_")):  # warmed; lean: freed memory returned
+            lean = parts[2].startswith("lean_")  # (LEAN_ENV); warm_: glibc's defaults
+            if lean and any(os.environ.get(k) != v for k, v in LEAN_ENV.items()):
                 raise RuntimeError(f"{key}: expected the environment {LEAN_ENV}")
             _first_refine(net, d)
             if parts[2] == "lean_subspace":
@@ -441,7 +441,7 @@ def points(cfg: dict) -> list[str]:
             out += [f"trained/digits/long/{lo}/subspace_auto" for lo in LOSSES[:2]]
         for seed in cfg["seeds"]:  # more networks of the long run, for the two squared losses
             out.append(f"seeds/digits/long/{seed}/trained")
-            out += [f"seeds/digits/long/{seed}/{lo}/{me}" for lo in LOSSES[:2] for me in METHODS]
+            out += [f"seeds/digits/long/{seed}/{c}" for c in SEED_COLS]
     return out
 
 
@@ -559,6 +559,16 @@ def _order(key):
             int(key.split("/")[-1]) if kind == "subspace" else 0)  # fmt: skip
 
 
+def _budget_settings(r) -> str:
+    """What the plan chose for a ``memory_budget=`` row, for its table label."""
+    how = [f"{r.get('iterations')} iterations", f"Nyström rank {r.get('precond_rank')}"]
+    if r.get("cache") is False:
+        how.append("no cache")
+    if r.get("chunk_size"):
+        how.append(f"row chunks of {r['chunk_size']} images")
+    return ", ".join(how + (r.get("adapted") or []))
+
+
 def _err(row):
     return row.get("error", "")[:160].replace("|", "/")
 
@@ -664,9 +674,8 @@ def targets(rows: dict) -> list[str]:
                 )  # fmt: skip
     seeds = _seed_changes(rows)
     if len(seeds) > 1:
-        cols = [f"{lo}/{me}" for lo in LOSSES[:2] for me in METHODS]
         parts = []
-        for c in cols:
+        for c in SEED_COLS:
             ch = [g[c] for g in seeds.values() if c in g]
             parts.append(f"`{c}` {', '.join(f'{v:+d}' for v in ch)} (lost on "
                          f"{sum(v < 0 for v in ch)} of {len(ch)})")  # fmt: skip
@@ -723,12 +732,7 @@ def _write(rec: Record, args, cfg: dict) -> str:
             if k.endswith("krylov"):
                 label += f", {r.get('iterations')} iterations"
             elif "/krylov_budget" in k:
-                how = [f"{r.get('iterations')} iterations", f"Nyström rank {r.get('precond_rank')}"]
-                if r.get("cache") is False:
-                    how.append("no cache")
-                if r.get("chunk_size"):
-                    how.append(f"row chunks of {r['chunk_size']} images")
-                label += ": " + ", ".join(how + (r.get("adapted") or []))
+                label += ": " + _budget_settings(r)
             body.append(
                 f"| {label} | {_pct(r['test_acc'])} | {_pct(r['test_acc_network'])} | "
                 f"{_pct(r['train_acc'])} | {_f(r['loss_before'])} → {_f(r['loss_after'])} | "
@@ -842,11 +846,10 @@ def _seed_changes(rows: dict) -> dict:
         if not base or "error" in base:
             continue
         got = {"trained": base["test_acc"]}
-        for lo in LOSSES[:2]:
-            for me in METHODS:
-                r = rows.get(f"{pre}/{lo}/{me}")
-                if r and "error" not in r:
-                    got[f"{lo}/{me}"] = round((r["test_acc"] - base["test_acc"]) * DIGITS_TEST)
+        for c in SEED_COLS:
+            r = rows.get(f"{pre}/{c}")
+            if r and "error" not in r:
+                got[c] = round((r["test_acc"] - base["test_acc"]) * DIGITS_TEST)
         out[seed] = got
     return out
 
@@ -855,20 +858,19 @@ def _seeds_table(rows: dict) -> list[str]:
     seeds = _seed_changes(rows)
     if len(seeds) < 2:
         return []
-    cols = [f"{lo}/{me}" for lo in LOSSES[:2] for me in METHODS]
     body = [
         "## The long run's network over five initializations (seed 0: the table above)",
         "",
         f"Change in correctly classified test images (of {DIGITS_TEST}) by each default "
         "refinement:",
         "",
-        "| init seed | trained | " + " | ".join(f"`{c}`" for c in cols) + " |",
-        "|---:|---:|" + "---:|" * len(cols),
+        "| init seed | trained | " + " | ".join(f"`{c}`" for c in SEED_COLS) + " |",
+        "|---:|---:|" + "---:|" * len(SEED_COLS),
     ]
     for seed, got in seeds.items():
-        cells = [f"{got[c]:+d}" if c in got else "" for c in cols]
+        cells = [f"{got[c]:+d}" if c in got else "" for c in SEED_COLS]
         body.append(f"| {seed} | {_pct(got['trained'])} | " + " | ".join(cells) + " |")
-    sums = [sum(g[c] for g in seeds.values() if c in g) for c in cols]
+    sums = [sum(g[c] for g in seeds.values() if c in g) for c in SEED_COLS]
     body.append("| sum | | " + " | ".join(f"{v:+d}" for v in sums) + " |")
     return body + [""]
 
@@ -899,10 +901,7 @@ def _lean_table(rows: dict) -> list[str]:
                 label = f"Subspace(rank={k.split('/')[-1]})"
             else:
                 label = (f"Krylov(), memory_budget={_mib(r['memory_budget'])}: "
-                         f"{r.get('iterations')} iterations, Nyström rank {r.get('precond_rank')}"
-                         + (", no cache" if r.get("cache") is False else "")
-                         + (f", row chunks of {r['chunk_size']}" if r.get("chunk_size") else "")
-                         + "".join(f", {a}" for a in r.get("adapted") or [])
+                         + _budget_settings(r)
                          + (" (glibc's defaults)" if "/warm_" in k else ""))  # fmt: skip
             ratio = (f"{r['increment_bytes'] / sub['increment_bytes']:.2f}x"
                      if sub and "error" not in sub else "")  # fmt: skip
