@@ -82,6 +82,7 @@ def test_timm_vit_refines_with_both_default_methods():
         assert (refined(x) - y).norm() < factor * before
 
 
+@pytest.mark.slow  # 33 s here: one row per chunk, no cache (the FNO twin runs by default)
 def test_gpt2_krylov_within_a_budget_below_its_preconditioner():
     """``method="krylov"`` with a ``memory_budget=`` that even without the activation cache
     cannot hold the default Nystrom basis: the plan drops the cache, lowers the rank (issue
