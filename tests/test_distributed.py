@@ -10,7 +10,6 @@ it started when they do not finish in time.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import warnings
@@ -21,6 +20,7 @@ import pytest
 import torch
 
 import lsr_scale as ls
+from lsr_scale.bench.distributed import free_port
 from lsr_scale.distributed import ShardedOperator, ShardedProducts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,12 +233,6 @@ def _worker(rank: int, world: int, port: int, outdir: str, jvp: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(world: int, outdir: Path, timeout: float, jvp: str = FAST_JVP) -> list[dict]:
     """Run ``_worker`` on ``world`` processes; return what each rank saved."""
     env = dict(os.environ)
@@ -248,7 +242,7 @@ def launch(world: int, outdir: Path, timeout: float, jvp: str = FAST_JVP) -> lis
         OMP_NUM_THREADS="1",
         MKL_NUM_THREADS="1",
     )
-    port = _free_port()
+    port = free_port()
     procs = [
         subprocess.Popen(
             [sys.executable, __file__, "--worker", str(r), str(world), str(port), str(outdir), jvp],
@@ -366,7 +360,7 @@ def test_torchrun_example_in_the_docs(tmp_path):
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1"]
     cmd += ["--nproc-per-node", "2", "--master-addr", "127.0.0.1"]
-    cmd += ["--master-port", str(_free_port()), str(script)]
+    cmd += ["--master-port", str(free_port()), str(script)]
     # its own session, so that a time-out can stop torchrun and the workers it started
     p = subprocess.Popen(
         cmd,

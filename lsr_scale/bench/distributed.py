@@ -147,7 +147,8 @@ def worker(spec: dict) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on the loopback now (for a process group's rendezvous)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -165,7 +166,7 @@ def launch(spec: dict, world: int) -> dict:
     if spec["backend"] == "gloo":
         env["GLOO_SOCKET_IFNAME"] = "lo"  # the loopback only
     with tempfile.TemporaryDirectory() as tmp:
-        spec = {**spec, "world": world, "port": _free_port(), "outdir": tmp}
+        spec = {**spec, "world": world, "port": free_port(), "outdir": tmp}
         procs = [
             subprocess.Popen(
                 [
