@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import lsr_scale as ls
 from lsr_scale.losses import factor_apply, factor_t_apply, gauss_newton_rows
+from lsr_scale.refine._refine import LOGIT_SPREAD
 
 # ------------------------------------------------------------------ data and models
 
@@ -522,3 +525,33 @@ def test_guide_classification_example_runs(capsys):
     printed = capsys.readouterr().out.strip()
     want = "\n".join(line[2:] for line in code.splitlines() if line.startswith("# "))
     assert printed == want
+
+
+# ------------------------------------------------------------------ the one-hot hint
+
+
+def test_one_hot_targets_with_logit_outputs_warn_toward_cross_entropy():
+    """loss='mse' on one-hot rows warns when the outputs spread like logits (here scaled up
+    by 20), and stays quiet on probabilities, on small logits and on other float targets."""
+    model = _tiny()
+    x, y = _tiny_data()
+    one_hot = torch.nn.functional.one_hot(y, 3).double()
+    loud = copy.deepcopy(model)
+    with torch.no_grad():
+        loud[2].weight.mul_(20.0)
+        loud[2].bias.copy_(torch.tensor([-8.0, 0.0, 8.0], dtype=torch.float64))
+        spread = loud(x).amax(1) - loud(x).amin(1)
+    assert float(spread.median()) > LOGIT_SPREAD
+    method = ls.Subspace(rank=5)
+    with pytest.warns(UserWarning, match=r"every row is one-hot.*loss='cross_entropy'"):
+        ls.refine(loud, data=(x, one_hot), method=method)
+    quiet = {
+        "probabilities": (torch.nn.Sequential(loud, torch.nn.Softmax(-1)), one_hot),
+        "small logits": (model, one_hot),
+        "not one-hot": (loud, one_hot * 0.9 + 0.1 / 3),
+    }
+    for what, (net, targets) in quiet.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            r = ls.refine(net, data=(x, targets), method=method)
+        assert r.info["loss_linearized"] < r.info["loss_before"], what

@@ -206,6 +206,35 @@ def _check_data(pair, what: str, dtype, device):
     check_finite_rows(inputs, f"{what} inputs" if what != "data" else "inputs")
 
 
+LOGIT_SPREAD = 3.0  # median max - min of an output row above which outputs look like logits
+
+
+def _one_hot_hint(targets: torch.Tensor, b: torch.Tensor) -> None:
+    """Warn when ``loss="mse"`` fits one-hot target rows with outputs that look like logits.
+
+    Such outputs (a classifier trained with cross-entropy: rows spread over tens) fitted to 0
+    and 1 lose their margins between classes; ``loss="cross_entropy"`` on the labels keeps
+    them. The outputs are ``targets - b`` (``b`` is minus the residual): no forward pass.
+    """
+    if targets.ndim != 2 or targets.shape[1] < 2 or targets.is_complex():
+        return
+    ones = targets == 1
+    if not bool(((targets == 0) | ones).all()) or not bool((ones.sum(1) == 1).all()):
+        return
+    out = targets - b.reshape(targets.shape).to(targets.dtype)
+    spread = float((out.amax(1) - out.amin(1)).median())
+    if spread > LOGIT_SPREAD:
+        warnings.warn(
+            f"targets: every row is one-hot (class labels as 0/1 vectors), and the model's "
+            f"output rows spread over {spread:.3g} (median max - min), like the logits of a "
+            "classifier trained with cross-entropy; loss='mse' fits them to 0 and 1 and can "
+            "lower its test accuracy. For a classifier, pass the integer labels with "
+            "loss='cross_entropy' (docs/guide.md, Classification)",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def _check_pair(value, what: str):
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise ValueError(
@@ -462,6 +491,8 @@ def refine(
                 theta = {k: v.detach() for k, v in model.named_parameters() if k in names}
                 J = products.residual_jacobian(residual_fn, theta)
         b = -J.residual
+        if targets is not None:
+            _one_hot_hint(targets, b)
         narrow = _narrow_ops(work, inputs, wdtype) if inputs is not None else {}
         problem = Problem(
             J, b, work, inputs, validation, products, generator, stage, model_dtype=out_dtype,
