@@ -82,8 +82,8 @@ BUDGET_RANK, BUDGET_SHARE = 1000, 5
 LEAN_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 LOSSES = ("mse", "softmax_mse", "cross_entropy")
 METHODS = ("subspace", "krylov")
-# the refinements the extra long-trained networks get (seeds/ rows): the two squared losses
-SEED_COLS = tuple(f"{lo}/{me}" for lo in LOSSES[:2] for me in METHODS)
+# the refinements the extra long-trained networks get (seeds/ rows): every loss, both methods
+SEED_COLS = tuple(f"{lo}/{me}" for lo in LOSSES for me in METHODS)
 PEERS = {
     "adam": "continued Adam (lr 3e-3, full batch, as trained)",
     "lbfgs": "L-BFGS (torch.optim.LBFGS, strong Wolfe, full batch)",
@@ -439,7 +439,7 @@ def points(cfg: dict) -> list[str]:
             out += [f"peers/digits/{level}/{p}" for p in PEERS]
         if "long" in cfg["levels"]:  # would validation data have chosen a better rank?
             out += [f"trained/digits/long/{lo}/subspace_auto" for lo in LOSSES[:2]]
-        for seed in cfg["seeds"]:  # more networks of the long run, for the two squared losses
+        for seed in cfg["seeds"]:  # more networks of the long run, every default refinement
             out.append(f"seeds/digits/long/{seed}/trained")
             out += [f"seeds/digits/long/{seed}/{c}" for c in SEED_COLS]
     return out

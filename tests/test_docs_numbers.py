@@ -761,3 +761,47 @@ def test_classification_flips_quote_their_json():
     values = [len(flips), len(flips) - len(wrong), len(wrong), max(f["margin"] for f in wrong)]
     for fig, value in zip(figures(text), values, strict=True):
         agrees(fig, value, "results.md section 6")
+
+
+def test_classification_rank_study_prose_quotes_its_json():
+    """Section 6's reading of the dense-Jacobian study (exact truncations and ridge of the
+    mse problem) and of the five networks' cross-entropy refines."""
+    page = (DOCS / "results.md").read_text()
+
+    def changes(path):
+        return {r["solve"]: r for r in _json(path)["rows"]}
+
+    full = changes("bench/results/classification_rank_study_cpu.json")
+    quick = changes("bench/results/classification_rank_study_train200_cpu.json")
+    tsvd = "truncated SVD, rank "
+    assert full["ls.refine, Subspace() defaults"]["test_change"] == -2
+    assert full[tsvd + "1000"]["test_change"] == -2
+    text = "(+7 at 1,500, +10 at 3,000)"
+    assert text in page
+    values = [full[tsvd + "1500"]["test_change"], full[tsvd + "3000"]["test_change"]]
+    assert values == [7, 10]  # the quoted +7 and +10
+    last = full[tsvd + "10000 (interpolates)"]
+    text = "(−65 when all 10,000\ndirections interpolate, with `‖δ‖` 44x larger)"
+    assert text in page
+    assert last["test_change"] == -65
+    agrees("44", last["delta_norm"] / full[tsvd + "1000"]["delta_norm"], "results.md section 6")
+    ridge = [r["test_change"] for k, r in full.items() if k.startswith("ridge")]
+    assert max(ridge) == 8 and sorted({ridge[0], ridge[-1]}) == [2, 4]
+    text = (
+        "the exact rank 1,000\ngained 13 where rank 2,000 (interpolation) lost 16, and "
+        "`Krylov()` lost 11"
+    )
+    assert text in page
+    assert quick[tsvd + "1000"]["test_change"] == 13
+    assert quick[tsvd + "2000 (interpolates)"]["test_change"] == -16
+    assert quick["ls.refine, Krylov() defaults"]["test_change"] == -11
+    rows = {r["key"]: r for r in _json("bench/results/classification_cpu.json")["rows"]}
+    for method, (lo, hi) in {"subspace": (3, 9), "krylov": (1, 8)}.items():
+        got = []
+        for seed in range(5):
+            pre = "trained/digits/long" if seed == 0 else f"seeds/digits/long/{seed}"
+            base, r = rows[f"{pre}/trained"], rows[f"{pre}/cross_entropy/{method}"]
+            got.append(round((r["test_acc"] - base["test_acc"]) * 497))
+            assert r["train_ce_network"] < base["train_ce"], (seed, method)
+        assert (min(got), max(got)) == (lo, hi), (method, got)
+    assert "(+3 to +9 images by the subspace route, +1 to +8 by Krylov's)" in page
