@@ -18,9 +18,7 @@ For each trained model:
   measures how far the float32-rounded Jacobian is from it.
 * ``subspace`` / ``krylov``: ``ls.refine`` with the default ``Subspace()`` and ``Krylov()``
   (seeded generator): the errors, rank, stop reason, iterations, and the Nystrom
-  preconditioner's rank and spectrum. ``Krylov()`` takes float32 products with a float64
-  solve here (``precision="auto"`` declines the float64 copy, which still rounds); the
-  ``precision=float64`` rows take that copy, widened (all float64) or not.
+  preconditioner's rank and spectrum.
 
 Rows are written to ``bench/results/fno_reference_cpu.json`` as soon as each exists, and
 a rerun skips the rows already there (the trained weights are kept beside it as
@@ -247,11 +245,9 @@ def main(argv=None):
             del J, Jt, U, Vh
         library = (
             ("subspace", ls.Subspace(), _Null()),
-            ("krylov", ls.Krylov(), _Null()),  # the default: "mixed" on this float32 FNO
-            # the float64 copy (precision="auto" before it declined copies that still round)
-            ("krylov, precision=float64", ls.Krylov(precision="float64"), _Null()),
+            ("krylov", ls.Krylov(), _Null()),
             # every float32/complex64 factory widened: products in true float64
-            ("krylov, widened", ls.Krylov(precision="float64"), Widen()),
+            ("krylov, widened", ls.Krylov(), Widen()),
             # float32 products around a float64 solve: the same noise floor, cheaper products
             ("krylov, precision=mixed", ls.Krylov(precision="mixed"), _Null()),
         )

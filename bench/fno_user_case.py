@@ -57,11 +57,11 @@ def dot(J, seed=0):
     return float(abs(u @ Jv - Jtu @ v) / (u.norm() * Jv.norm() + v.norm() * Jtu.norm()))
 
 
-def run(model, x, y, xt, yt, label, products=None, method=None):
+def run(model, x, y, xt, yt, label, products=None):
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        refined = ls.refine(model, data=(x, y), method=method or ls.Krylov(), progress_bar=False,
+        refined = ls.refine(model, data=(x, y), method=ls.Krylov(), progress_bar=False,
                             products=products,
                             generator=torch.Generator().manual_seed(0))  # fmt: skip
     wall = time.perf_counter() - t0
@@ -75,8 +75,7 @@ def run(model, x, y, xt, yt, label, products=None, method=None):
             products=label, dot=dot(J_used(model, x, y, label)),
             loss_before=info["loss_before"], loss_reported=info["loss_linearized"],
             loss_fresh_jvp=0.5 * float(lin.norm() ** 2), stop=info["stop"],
-            iterations=info["iterations"], precision=info["precision_choice"]["precision"],
-            train_before=rel(model(x), y),
+            iterations=info["iterations"], train_before=rel(model(x), y),
             train_after=rel(refined(x), y), test_before=rel(model(xt), yt),
             test_after=rel(refined(xt), yt), wall_s=wall,
         )  # fmt: skip
@@ -108,30 +107,25 @@ def main(argv=None):
     fwd.linearize = lambda fn, p: tfunc.linearize(fn, p)[1]
     try:  # 0.2.0's products, with the self-check that now catches them turned off
         old = ls.Products(self_check=False)
-        # 0.2.0's precision="auto" took float64 products on a float64 copy of the FNO
-        rows.append(run(model, x, y, xt, yt, "torch.func.linearize (0.2.0)", old,
-                        ls.Krylov(precision="float64")))  # fmt: skip
+        rows.append(run(model, x, y, xt, yt, "torch.func.linearize (0.2.0)", old))
     finally:
         fwd.linearize = ours
     rows.append(run(model, x, y, xt, yt, "default (this version)"))
-    rows.append(run(model, x, y, xt, yt, "this version, precision='float64'", None,
-                    ls.Krylov(precision="float64")))  # fmt: skip
     payload = dict(device=device_name("cpu", args.threads), functions=args.functions,
                    rows_n=args.functions * 128, steps=args.steps, rows=rows)  # fmt: skip
     body = [
         f"FNO(n_modes=(16,), hidden_channels=32, n_layers=4), 86,817 real parameters, "
         f"Adam {args.steps} steps on 200 viscid Burgers functions; refined on the first "
-        f"{args.functions} ({args.functions * 128} rows) with `ls.Krylov()`, its defaults "
-        "unless the row says otherwise. The dot test is of the float64 copy's products.",
+        f"{args.functions} ({args.functions * 128} rows) with `ls.Krylov()` defaults.",
         "",
-        "| products | precision | dot test | linearized loss before | after (info) | after "
-        "(fresh JVP) | stop | iterations | train rel. error before -> after | test before -> "
-        "after | time (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| products | dot test | linearized loss before | after (info) | after (fresh JVP) "
+        "| stop | iterations | train rel. error before -> after | test before -> after "
+        "| time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         body.append(
-            f"| {r['products']} | {r['precision']} | {r['dot']:.1e} | {r['loss_before']:.4g} | "
+            f"| {r['products']} | {r['dot']:.1e} | {r['loss_before']:.4g} | "
             f"{r['loss_reported']:.4g} | {r['loss_fresh_jvp']:.4g} | {r['stop']} | "
             f"{r['iterations']} | {r['train_before']:.3e} -> {r['train_after']:.3e} | "
             f"{r['test_before']:.3e} -> {r['test_after']:.3e} | {r['wall_s']:.1f} |"

@@ -27,16 +27,6 @@ _DEFAULTS = {"solver": "lsmr", "maxiter": 300, "atol": 1e-8, "btol": 1e-8, "conl
 _SOLVERS = {"lsmr": lsmr, "lsqr": lsqr}
 _PRECISIONS = ("auto", "working", "mixed", "float64")
 _LOW = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _rounds_within(narrow_dtype, model_dtype) -> bool:
-    """Whether values computed in ``narrow_dtype`` (real or complex) are no wider than the
-    model's real ``model_dtype``."""
-    if narrow_dtype is None:
-        return False
-    return torch.finfo(narrow_dtype).bits <= torch.finfo(model_dtype).bits
-
-
 _CHECKPOINT_FORMAT = "lsr_scale.Krylov.checkpoint"
 
 
@@ -90,12 +80,8 @@ class Krylov(Method):
         would otherwise amplify. ``"float64"``: products in float64 too, on a float64 copy
         of the model (``data=`` refinements; the returned predictor keeps the model's dtype).
         ``"working"``: everything in the model's precision (0.1's behaviour). ``"auto"``
-        (default): ``"float64"`` for ``data=`` refinements of a lower-precision model where
-        float64 is fast, ``"mixed"`` for ``residual_fn`` ones, on GPUs with slow float64,
-        and for models whose float64 copy would still compute in their own precision inside
-        (neuraloperator's complex64 spectrum: float64 products that are no more accurate,
-        at twice the cost). ``info["precision_choice"]`` says which and why. Measured in
-        ``docs/solvers.md``.
+        (default): ``"float64"`` for ``data=`` refinements of a lower-precision model,
+        ``"mixed"`` for ``residual_fn`` ones. Measured in ``docs/solvers.md``.
     stall : float or None
         Stop when ``||r||`` fell by less than this fraction over the last ``check_every``
         iterations (default 0.03); ``None`` turns the rule off.
@@ -199,21 +185,15 @@ class Krylov(Method):
     def validation_use(self) -> str:
         return "optional"
 
-    def product_dtype(self, model_dtype, *, has_data, device=None, narrow_dtype=None):
+    def product_dtype(self, model_dtype, *, has_data, device=None):
         if self.precision == "float64":
             return torch.float64
-        if (
-            self.precision == "auto" and model_dtype in _LOW and fast_float64(device)[0]
-            and not _rounds_within(narrow_dtype, model_dtype)
-        ):  # fmt: skip
+        if self.precision == "auto" and model_dtype in _LOW and fast_float64(device)[0]:
             return torch.float64
         return None
 
-    def precision_choice(
-        self, model_dtype, *, has_data: bool, device=None, narrow_dtype=None
-    ) -> dict:
-        """What ``precision`` resolves to for this problem, and why (``info["precision"]``).
-        ``narrow_dtype``: what a float64 copy of the model still rounds to inside."""
+    def precision_choice(self, model_dtype, *, has_data: bool, device=None) -> dict:
+        """What ``precision`` resolves to for this problem, and why (``info["precision"]``)."""
         if self.precision != "auto":
             return {"precision": self.precision, "reason": "given"}
         if model_dtype not in _LOW:
@@ -222,14 +202,6 @@ class Krylov(Method):
             return {
                 "precision": "mixed",
                 "reason": "residual_fn closes over the model, which is not copied to float64",
-            }
-        if _rounds_within(narrow_dtype, model_dtype):
-            return {
-                "precision": "mixed",
-                "reason": f"a float64 copy of the model still computes in "
-                f"{_name(narrow_dtype)} inside (info['narrow_ops'] of such a copy; e.g. "
-                "neuraloperator's complex64 spectrum), so its products would be no more "
-                f"accurate than the model's {_name(model_dtype)} ones",
             }
         fast, why = fast_float64(device)
         return {"precision": "float64" if fast else "mixed", "reason": why}
@@ -399,9 +371,8 @@ class Krylov(Method):
             info["precision"] += f" (the model rounds to {_name(problem.narrow_dtype)} inside)"
         if problem.model_dtype is not None:
             info["precision_choice"] = self.precision_choice(
-                problem.model_dtype, has_data=problem.inputs is not None, device=J.device,
-                narrow_dtype=problem.copy_narrow_dtype,
-            )  # fmt: skip
+                problem.model_dtype, has_data=problem.inputs is not None, device=J.device
+            )
         if space == "sample" and J.row_sharded:
             raise ValueError(
                 "Krylov.space: sample space is not available with rows sharded over processes "

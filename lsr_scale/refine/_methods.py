@@ -133,10 +133,6 @@ class Problem:
         Set when the model computes parameter-dependent values in a precision narrower than
         ``J.dtype`` (:func:`~lsr_scale.refine._precision.narrow_ops`): the products are
         accurate only to it, and a preconditioner should stop at its noise floor.
-    copy_narrow_dtype : torch.dtype or None
-        Set when the method's :meth:`Method.product_dtype` declined a wider copy of the
-        model because that copy still rounds to this dtype inside (the products are then
-        the model's own).
     """
 
     J: JacobianOperator
@@ -149,7 +145,6 @@ class Problem:
     stage: object
     model_dtype: torch.dtype | None = None
     narrow_dtype: torch.dtype | None = None
-    copy_narrow_dtype: torch.dtype | None = None
 
     def jacobian_at(self, inputs):
         """The output Jacobian ``J_q`` at other inputs, over the same parameters."""
@@ -173,16 +168,13 @@ class Method:
         return "unused"
 
     def product_dtype(
-        self, model_dtype: torch.dtype, *, has_data: bool, device=None, narrow_dtype=None
+        self, model_dtype: torch.dtype, *, has_data: bool, device=None
     ) -> torch.dtype | None:
         """The dtype to take Jacobian products in, when the user did not pass ``dtype=``.
 
         ``None`` (the default) means the model's own. A method returning another dtype gets
         a converted private copy of the model for ``data=`` refinements; the returned
-        :class:`RefinedModel` stays in the model's dtype. ``refine`` asks again with
-        ``narrow_dtype`` when that copy still computes parameter-dependent values in a
-        narrower dtype (:func:`~lsr_scale.refine._precision.narrow_ops`); an answer of the
-        model's dtype (or ``None``) then drops the copy.
+        :class:`RefinedModel` stays in the model's dtype.
         """
         return None
 

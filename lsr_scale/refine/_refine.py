@@ -167,18 +167,13 @@ def _check_model(model):
     return real_dtype(p.dtype), p.device  # a complex parameter counts as its real pair
 
 
-def _few_rows(inputs: tuple) -> tuple:
-    """The first 4 rows of each input (all of them when their leading dimensions differ)."""
-    lead = {t.shape[0] if t.dim() else None for t in inputs if isinstance(t, torch.Tensor)}
-    if len(lead) == 1 and None not in lead:
-        return tuple(t[:4] if isinstance(t, torch.Tensor) else t for t in inputs)
-    return inputs
-
-
 def _narrow_ops(model, inputs, dtype) -> dict:
     """:func:`narrow_ops` on a few rows (all of them when the inputs' leading dimensions
     differ), warned when the model rounds below ``dtype``."""
-    found = narrow_ops(model, _few_rows(inputs), dtype)
+    lead = {t.shape[0] if t.dim() else None for t in inputs if isinstance(t, torch.Tensor)}
+    if len(lead) == 1 and None not in lead:
+        inputs = tuple(t[:4] if isinstance(t, torch.Tensor) else t for t in inputs)
+    found = narrow_ops(model, inputs, dtype)
     if found:
         low = narrowest(found)
         warnings.warn(
@@ -417,8 +412,7 @@ def refine(
         raise TypeError(f"dtype: expected a floating torch.dtype or None, got {dtype!r}")
     # the precision the user asked for (dtype=), else the one the method takes products in
     out_dtype = dtype or model_dtype
-    from_method = dtype is None and data is not None
-    if from_method:
+    if dtype is None and data is not None:
         dtype = method.product_dtype(model_dtype, has_data=True, device=device)
     work = model
     if dtype is not None and dtype != model_dtype:
@@ -453,23 +447,10 @@ def refine(
         loader = LoaderData(data, convert)
         probe = loader.check(wdtype, device, _check_data)
     elif data is not None:
-        raw = _check_pair(data, "data")
-        inputs, targets = tuple(convert(x) for x in raw[0]), convert(raw[1])
+        inputs, targets = _check_pair(data, "data")
+        inputs, targets = tuple(convert(x) for x in inputs), convert(targets)
         _check_data((inputs, targets), "data", wdtype, device)
         probe = inputs
-    # a copy converted for the method's products that still rounds inside (neuraloperator's
-    # complex64 spectrum) is no more accurate than the model: the method may decline it
-    # (Krylov(precision="auto") then takes the model's products with a float64 solve)
-    copy_narrow = None
-    if from_method and inputs is not None and work is not model:
-        low = narrowest(narrow_ops(work, _few_rows(inputs), wdtype))
-        if low is not None and method.product_dtype(
-            model_dtype, has_data=True, device=device, narrow_dtype=low
-        ) in (None, model_dtype):
-            copy_narrow, work, dtype, wdtype = low, model, None, model_dtype
-            inputs, targets = raw
-            _check_data((inputs, targets), "data", wdtype, device)
-            probe = inputs
     if validation is not None:
         v_in, v_tgt = _check_pair(validation, "validation")
         validation = tuple(convert(x) for x in v_in), convert(v_tgt)
@@ -515,7 +496,7 @@ def refine(
         narrow = _narrow_ops(work, inputs, wdtype) if inputs is not None else {}
         problem = Problem(
             J, b, work, inputs, validation, products, generator, stage, model_dtype=out_dtype,
-            narrow_dtype=narrowest(narrow), copy_narrow_dtype=copy_narrow,
+            narrow_dtype=narrowest(narrow),
         )  # fmt: skip
         delta, info = method.solve(problem)
         times.update(info.pop("times", {}))
