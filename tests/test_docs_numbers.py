@@ -805,3 +805,29 @@ def test_classification_rank_study_prose_quotes_its_json():
             assert r["train_ce_network"] < base["train_ce"], (seed, method)
         assert (min(got), max(got)) == (lo, hi), (method, got)
     assert "(+3 to +9 images by the subspace route, +1 to +8 by Krylov's)" in page
+
+
+def test_guide_mixed_precision_prose_quotes_the_ecosystem_json():
+    """The guide's reading of the ecosystem table's `precision='mixed'` rows."""
+    page = (DOCS / "guide.md").read_text()
+    rows = [r for r in _json("bench/results/ecosystem_cpu.json")["rows"]
+            if "krylov, precision='mixed'" in r]  # fmt: skip
+    assert {r["model"] for r in rows} == {"fno", "gpt2", "transformer-encoder"}
+    speed = [r["krylov"]["wall_s"] / r["krylov, precision='mixed'"]["wall_s"] for r in rows]
+    loss = [r["krylov, precision='mixed'"]["loss_linearized"] / r["krylov"]["loss_linearized"]
+            for r in rows]  # fmt: skip
+    text = (
+        "was 1.3x to\n2x faster here and fitted less tightly: a linearized loss 6x to 1,924x higher"
+    )
+    assert text in page
+    for fig, value in zip(figures(text), [min(speed), max(speed), min(loss), max(loss)]):
+        agrees(fig, value, "guide.md, ecosystem models")
+    worst = max(rows, key=lambda r: r["krylov, precision='mixed'"]["loss_linearized"]
+                / r["krylov"]["loss_linearized"])  # fmt: skip
+    assert worst["model"] == "fno"
+    fno = worst
+    text = "mixed stopped at a\n  linearized loss of 1.15e-7 where the copy reached 5.96e-11"
+    assert text in (DOCS / "results.md").read_text()
+    values = [fno["krylov, precision='mixed'"]["loss_linearized"], fno["krylov"]["loss_linearized"]]
+    for fig, value in zip(figures(text), values, strict=True):
+        agrees(fig, value, "results.md, FNO")
