@@ -12,11 +12,12 @@ exactly, with no randomized range finder:
 - beside them, ``ls.refine`` itself: ``Subspace()`` and ``Krylov()`` at their defaults.
 
 Each row gives the change in correctly classified test images (of 497), the training
-accuracy, the linearized loss and ``||d||``. The SVD comes from the eigendecomposition of
+accuracy, the linearized loss, the test squared error per image (what validation data would
+choose a rank by) and ``||d||``. The SVD comes from the eigendecomposition of
 ``J J^T`` (10,000 x 10,000): 6 min for the Jacobians and that here, where the full SVD of J
 took 11::
 
-    python bench/classification_rank_study.py --threads 1   # 12 min on this 2-core CPU, shared
+    python bench/classification_rank_study.py --threads 1   # 7 min on this 2-core CPU
     python bench/classification_rank_study.py --threads 1 --train 200  # the network trained
                                                   # on 200 images: 1 min (_train200 files)
     python bench/classification_rank_study.py --quick  # the same, as a smoke run (_quick files)
@@ -41,13 +42,14 @@ from lsr_scale.bench._harness import Record, parse_script
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import classification as cls  # noqa: E402  (the data, network and its training cache)
 
-KS = (250, 500, 1000, 1500, 2000, 3000, 5000)
+KS = (250, 500, 1000, 1500, 2000, 3000, 4000, 5000, 7000)
 RIDGE = (1e-8, 1e-7, 1e-6, 1e-5)  # lam / sigma_1^2
 COLUMNS = [
     ("solve", "solve"),
     (lambda r: f"{r['test_change']:+d}", "test images"),
     (lambda r: f"{100 * r['train_acc']:.1f}%", "train acc."),
     (lambda r: f"{r['loss_after']:.4g}", "loss after"),
+    (lambda r: f"{r['test_mse']:.3g}", "test squared error"),
     (lambda r: f"{r['delta_norm']:.3g}", "‖δ‖"),
 ]
 
@@ -82,11 +84,13 @@ def main(argv=None):
     rec.set(seed=args.seed, n_train=n_train, n_params=sum(p.numel() for p in net.parameters()))
     y, yt = d["y"], d["yt"]
     one_hot = F.one_hot(y, 10).float()
+    test_one_hot = F.one_hot(yt, 10).double()
     base_test = int((cls.outputs(net, d["xt"]).argmax(-1) == yt).sum())
 
     def add(solve, pred_train, pred_test, loss_after, delta_norm, **extra):
         row = dict(
             solve=solve, test_change=int((pred_test.argmax(-1) == yt).sum()) - base_test,
+            test_mse=float(((pred_test.double() - test_one_hot) ** 2).sum(1).mean()),
             train_acc=cls.accuracy(pred_train, y), loss_after=loss_after,
             delta_norm=delta_norm, **extra,
         )  # fmt: skip

@@ -785,6 +785,12 @@ def test_classification_rank_study_prose_quotes_its_json():
     assert text in page
     assert last["test_change"] == -65
     agrees("44", last["delta_norm"] / full[tsvd + "1000"]["delta_norm"], "results.md section 6")
+    truncations = {k: r for k, r in full.items() if k.startswith(tsvd)}
+    best = min(truncations.values(), key=lambda r: r["test_mse"])
+    text = "(lowest, 0.131, at rank 4,000,\n+9 images)"
+    assert text in page
+    assert best["solve"] == tsvd + "4000" and best["test_change"] == 9
+    agrees("0.131", best["test_mse"], "results.md section 6")
     ridge = [r["test_change"] for k, r in full.items() if k.startswith("ridge")]
     assert max(ridge) == 8 and sorted({ridge[0], ridge[-1]}) == [2, 4]
     text = (

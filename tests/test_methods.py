@@ -284,3 +284,28 @@ def test_solve_reduced_retries_a_float32_svd_that_does_not_converge(monkeypatch)
     with pytest.raises(torch.linalg.LinAlgError):  # float64 has nothing to fall back to
         monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: flaky(a[0].float()))
         solve_reduced(A.double(), b.double())
+
+
+def test_rank_auto_warns_when_the_best_rank_is_the_largest_candidate():
+    """A scan whose best validation error is at its largest candidate says that a larger
+    rank may be better (pointing at the caller's line); an interior best is quiet."""
+    model, x, y = _problem()
+    method = ls.Subspace(rank="auto", rank_candidates=[2, 4, 8])
+    with pytest.warns(UserWarning, match=r"largest candidate rank, 8.*rank_candidates=") as rec:
+        r = ls.refine(model, data=(x, y), method=method, validation=(x[:20], y[:20]),
+                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    (ours,) = [w for w in rec if "largest candidate" in str(w.message)]
+    assert r.info["rank"] == 8 and ours.filename == __file__
+    scan = {s["rank"]: s["val_rel_l2"] for s in r.info["rank_scan"]}
+    assert scan[8] < min(scan[2], scan[4])
+    # validation targets that are the network's own outputs: every refinement (fitted to
+    # noise) moves away from them, so the smallest candidate is best
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(y.shape, generator=g, dtype=y.dtype)
+    with torch.no_grad():
+        own = model(x[:20])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*largest candidate")
+        q = ls.refine(model, data=(x, noise), method=method, validation=(x[:20], own),
+                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert q.info["rank"] < 8

@@ -93,7 +93,8 @@ class Subspace(Method):
     rank : int or "auto", optional
         The rank ``k``: the capacity knob (too large amplifies noise and ill-conditioning).
         Default :func:`default_rank`. ``"auto"`` scans nested truncations of one randomized
-        SVD and keeps the best on ``refine(..., validation=...)``.
+        SVD and keeps the best on ``refine(..., validation=...)``; when that is the largest
+        candidate, a ``UserWarning`` says a larger rank may be better (``rank_candidates=``).
     oversample : int
         Randomized SVD oversampling (paper: 10).
     power_iters : int
@@ -526,6 +527,15 @@ class Subspace(Method):
                 stacklevel=5,
             )
         best = min(scan, key=lambda r: r["val_rel_l2"])["rank"]
+        if not interrupted and len(scan) > 1 and best == cands[-1] < min(problem.J.shape):
+            warnings.warn(
+                f"Subspace(rank='auto'): the best validation error is at the largest candidate "
+                f"rank, {best}, so a larger rank may be better still; pass rank_candidates= "
+                f"with larger ranks (at most min(n, m) = {min(problem.J.shape)}; ls.plan shows "
+                "their memory) to scan them (info['rank_scan'])",
+                UserWarning,
+                stacklevel=5,
+            )
         return best, scan, interrupted
 
 
