@@ -71,6 +71,9 @@ QUICK = dict(
     seeds=(),
 )  # fmt: skip
 PLAN_KS = (1000, 4000, 16000)
+# ranks above the default's (1,000) scanned on validation data: where the dense-Jacobian study
+# (bench/classification_rank_study.py) found mse's test error lowest on the long-trained CNN
+WIDE_RANKS = (1000, 1500, 2000, 3000, 4000)
 # issue 17's memory target: Krylov() in <= 1/BUDGET_SHARE of what Subspace(rank=BUDGET_RANK)
 # added; the krylov_budget rows pass that as memory_budget= and let the plan fit it
 BUDGET_RANK, BUDGET_SHARE = 1000, 5
@@ -401,6 +404,9 @@ def run_point(key: str, cfg: dict) -> dict:
         if parts[4] == "subspace_auto":  # the rank chosen on the validation images
             return _refine_point(net, d, parts[3], ls.Subspace(rank="auto"), validation=True,
                                  flips=True)  # fmt: skip
+        if parts[4] == "subspace_auto_wide":  # ... among ranks above the default's
+            method = ls.Subspace(rank="auto", rank_candidates=WIDE_RANKS)
+            return _refine_point(net, d, parts[3], method, validation=True, flips=True)
         return _refine_point(net, d, parts[3], parts[4], flips=True)
     if section == "peers":
         return _peer_point(parts[3], net, d, float(parts[4]))
@@ -438,7 +444,8 @@ def points(cfg: dict) -> list[str]:
             out += [f"trained/digits/{level}/{lo}/{me}" for lo in LOSSES for me in METHODS]
             out += [f"peers/digits/{level}/{p}" for p in PEERS]
         if "long" in cfg["levels"]:  # would validation data have chosen a better rank?
-            out += [f"trained/digits/long/{lo}/subspace_auto" for lo in LOSSES[:2]]
+            out += [f"trained/digits/long/{lo}/{me}" for lo in LOSSES[:2]
+                    for me in ("subspace_auto", "subspace_auto_wide")]  # fmt: skip
         for seed in cfg["seeds"]:  # more networks of the long run, every default refinement
             out.append(f"seeds/digits/long/{seed}/trained")
             out += [f"seeds/digits/long/{seed}/{c}" for c in SEED_COLS]
@@ -786,13 +793,16 @@ def _write(rec: Record, args, cfg: dict) -> str:
             body.append(f"| trained network | {_pct(base.get('test_acc'))} | | | "
                         f"{_f(base.get('train_ce'))} | | | |")  # fmt: skip
         for lo in LOSSES:
-            for me in (*METHODS, "subspace_auto"):
+            for me in (*METHODS, "subspace_auto", "subspace_auto_wide"):
                 r = rows.get(f"trained/digits/{level}/{lo}/{me}")
                 if r is None:
                     continue
                 label = f'`loss="{lo}"`, `method="{me}"`'
                 if me == "subspace_auto":
                     label = f'`loss="{lo}"`, `Subspace(rank="auto")`, `validation=` 300 images'
+                if me == "subspace_auto_wide":
+                    label = (f'`loss="{lo}"`, `Subspace(rank="auto", rank_candidates='
+                             f'{WIDE_RANKS})`, `validation=` 300 images')  # fmt: skip
                 if "error" in r:
                     body.append(f"| {label} | {_err(r)} | | | | | | |")
                     continue
