@@ -860,3 +860,17 @@ def test_classification_wide_rank_scan_prose_quotes_its_json():
               narrow["mse"]["wall_s"], narrow["softmax_mse"]["wall_s"]]  # fmt: skip
     for fig, value in zip(figures(text), values, strict=True):
         agrees(fig, value, "results.md section 6")
+    text = (
+        "`mse` by +5 to +10 images (it chose 3,000 or 4,000),\n`softmax_mse` by +0 to +3 "
+        "(1,000 or 1,500)"
+    )
+    assert text in page
+    for lo, (lo_ch, hi_ch, ranks) in {"mse": (5, 10, {3000, 4000}),
+                                      "softmax_mse": (0, 3, {1000, 1500})}.items():  # fmt: skip
+        got, chosen = [], set()
+        for seed in range(5):
+            p = pre if seed == 0 else f"seeds/digits/long/{seed}"
+            r = rows[f"{p}/{lo}/subspace_auto_wide"]
+            got.append(round((r["test_acc"] - rows[f"{p}/trained"]["test_acc"]) * 497))
+            chosen.add(r["rank"])
+        assert (min(got), max(got), chosen) == (lo_ch, hi_ch, ranks), (lo, got, chosen)
