@@ -59,3 +59,28 @@ def seed(request):
 def generator(seed):
     """A CPU torch.Generator seeded with ``seed`` (shown in the test id on failure)."""
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def krylov_below_its_preconditioner():
+    """``run(model, data)``: ``method="krylov"`` under a ``memory_budget=`` that even
+    without the activation cache cannot hold the default Nystrom basis (the free plan's peak
+    less half the basis). Checks that the plan drops the cache, lowers only the Nystrom rank
+    and fits within its headroom, and that the refine warns and uses that rank; returns the
+    refined model, whose loss the caller checks."""
+    import lsr_scale as ls
+
+    def run(model, data):
+        least = ls.Products(cache=False, chunk_size=1, batch_size=1)
+        free = ls.plan(model, data=data, method="krylov", memory_budget=1e12, products=least)
+        tight = int(free.peak_bytes - 0.5 * free.parts["basis"])
+        p = ls.plan(model, data=data, method="krylov", memory_budget=tight)
+        assert p.products.cache is False and p.peak_bytes <= 0.95 * tight
+        assert [c["setting"] for c in p.adapted] == ["Krylov.preconditioner.rank"]
+        with pytest.warns(RuntimeWarning, match="adapted"):
+            r = ls.refine(model, data=data, method="krylov", memory_budget=tight,
+                          progress_bar=False)  # fmt: skip
+        assert r.info["preconditioner"]["rank"] == p.method.preconditioner.rank
+        return r
+
+    return run

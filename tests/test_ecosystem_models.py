@@ -83,20 +83,11 @@ def test_timm_vit_refines_with_both_default_methods():
 
 
 @pytest.mark.slow  # 33 s here: one row per chunk, no cache (the FNO twin runs by default)
-def test_gpt2_krylov_within_a_budget_below_its_preconditioner():
+def test_gpt2_krylov_within_a_budget_below_its_preconditioner(krylov_below_its_preconditioner):
     """``method="krylov"`` with a ``memory_budget=`` that even without the activation cache
     cannot hold the default Nystrom basis: the plan drops the cache, lowers the rank (issue
     17's step) and the refine still lowers the loss, with the adaptation warned."""
     model, ids = _gpt2()
     y = torch.randn(ids.shape[0], 4, generator=torch.Generator().manual_seed(5))
-    least = ls.Products(cache=False, chunk_size=1, batch_size=1)
-    free = ls.plan(model, data=(ids, y), method="krylov", memory_budget=1e12, products=least)
-    tight = int(free.peak_bytes - 0.5 * free.parts["basis"])
-    p = ls.plan(model, data=(ids, y), method="krylov", memory_budget=tight)
-    assert p.products.cache is False and p.peak_bytes <= 0.95 * tight
-    assert [c["setting"] for c in p.adapted] == ["Krylov.preconditioner.rank"]
-    with pytest.warns(RuntimeWarning, match="adapted"):
-        r = ls.refine(model, data=(ids, y), method="krylov", memory_budget=tight,
-                      progress_bar=False)  # fmt: skip
-    assert r.info["preconditioner"]["rank"] == p.method.preconditioner.rank
+    r = krylov_below_its_preconditioner(model, (ids, y))
     assert r.info["loss_linearized"] < 1e-3 * r.info["loss_before"]

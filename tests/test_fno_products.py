@@ -117,20 +117,11 @@ def test_fno_krylov_loss_falls_and_matches_the_dense_reference():
     assert info["loss_linearized"] < 1.1 * best
 
 
-def test_fno_krylov_within_a_budget_below_its_preconditioner():
+def test_fno_krylov_within_a_budget_below_its_preconditioner(krylov_below_its_preconditioner):
     """The FNO under a ``memory_budget=`` below its default preconditioner without the
     cache (100 functions: the cache alone is over the budget, so no rank fits beside it):
     the plan lowers the Nystrom rank after dropping the cache, and the refine still lowers
     the loss."""
     model, x, y = _fno(n=100)
-    least = ls.Products(cache=False, chunk_size=1, batch_size=1)
-    free = ls.plan(model, data=(x, y), method="krylov", memory_budget=1e12, products=least)
-    tight = int(free.peak_bytes - 0.5 * free.parts["basis"])
-    p = ls.plan(model, data=(x, y), method="krylov", memory_budget=tight)
-    assert p.products.cache is False and p.peak_bytes <= 0.95 * tight
-    assert [c["setting"] for c in p.adapted] == ["Krylov.preconditioner.rank"]
-    with pytest.warns(RuntimeWarning, match="adapted"):
-        r = ls.refine(model, data=(x, y), method="krylov", memory_budget=tight,
-                      progress_bar=False)  # fmt: skip
-    assert r.info["preconditioner"]["rank"] == p.method.preconditioner.rank
+    r = krylov_below_its_preconditioner(model, (x, y))
     assert r.info["loss_linearized"] < 0.5 * r.info["loss_before"]
