@@ -685,23 +685,23 @@ def targets(rows: dict) -> list[str]:
                        f"{100 * (best['test_acc'] - r['test_acc']):.1f} points") + "**."
                 )  # fmt: skip
     seeds = _seed_changes(rows)
-    if len(seeds) > 1:
-        parts = []
-        for c in SEED_COLS:
-            ch = [g[c] for g in seeds.values() if c in g]
-            parts.append(f"`{c}` {', '.join(f'{v:+d}' for v in ch)} (lost on "
-                         f"{sum(v < 0 for v in ch)} of {len(ch)})")  # fmt: skip
-        lines.append(
-            f"- the long run over {len(seeds)} initializations, change in correct test images: "
-            + "; ".join(parts)
-            + "."
-        )
-        parts = []
-        for c in SEED_WIDE:
+
+    def lost(cols, label):  # "`label` +1, -2 (lost on 1 of 2)" per column with values
+        out = []
+        for c in cols:
             ch = [g[c] for g in seeds.values() if c in g]
             if ch:
-                parts.append(f"`{c.split('/')[0]}` {', '.join(f'{v:+d}' for v in ch)} (lost "
-                             f"on {sum(v < 0 for v in ch)} of {len(ch)})")  # fmt: skip
+                out.append(f"`{label(c)}` {', '.join(f'{v:+d}' for v in ch)} (lost on "
+                           f"{sum(v < 0 for v in ch)} of {len(ch)})")  # fmt: skip
+        return out
+
+    if len(seeds) > 1:
+        lines.append(
+            f"- the long run over {len(seeds)} initializations, change in correct test images: "
+            + "; ".join(lost(SEED_COLS, str))
+            + "."
+        )
+        parts = lost(SEED_WIDE, lambda c: c.split("/")[0])
         if parts:
             lines.append(
                 f"  - the subspace route with its rank chosen on the validation images among "
