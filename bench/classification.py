@@ -30,6 +30,7 @@ Sections (one row per point, each in a fresh subprocess so its peak memory is it
 The full run writes ``bench/results/classification_cpu.{json,md}`` after every point and
 ``docs/img/classification_accuracy_k.png`` (beside the results for another ``--out``); a rerun
 skips recorded points (``--redo PREFIX`` runs those again; failed points are always retried).
+A prefix given to ``--only`` or ``--redo`` that ends in ``$`` matches that one key.
 ``--quick`` runs in-process and writes ``classification_cpu_quick.*``.
 """
 
@@ -89,6 +90,9 @@ METHODS = ("subspace", "krylov")
 SEED_COLS = tuple(f"{lo}/{me}" for lo in LOSSES for me in METHODS)
 # ... and the squared losses' subspace route with its rank chosen on validation over WIDE_RANKS
 SEED_WIDE = tuple(f"{lo}/subspace_auto_wide" for lo in LOSSES[:2])
+#: ... and by Subspace(rank="auto") at its defaults (its rescans above the default grid)
+SEED_AUTO = tuple(f"{lo}/subspace_auto" for lo in LOSSES[:2])
+SEED_VAL = ("subspace_auto", "subspace_auto_wide")  # the validation columns, per loss
 PEERS = {
     "adam": "continued Adam (lr 3e-3, full batch, as trained)",
     "lbfgs": "L-BFGS (torch.optim.LBFGS, strong Wolfe, full batch)",
@@ -215,6 +219,7 @@ def _refine_point(
         wall_s=wall, peak_mem_bytes=info.get("peak_mem_bytes"), rss_before_bytes=rss0,
         increment_bytes=max(0, (info.get("peak_mem_bytes") or 0) - rss0),
         planned_bytes=sum(est.values()) if est else None, rank=info.get("rank"),
+        svd_ranks=info.get("svd_ranks"),
         iterations=info.get("iterations"), stop=str(info.get("stop") or "") or None,
         n_rows=info.get("n_rows"), n_params=sum(p.numel() for p in net.parameters()),
         times={k: round(v, 2) for k, v in (info.get("times") or {}).items()},
@@ -419,6 +424,9 @@ def run_point(key: str, cfg: dict) -> dict:
         if parts[5] == "subspace_auto_wide":
             method = ls.Subspace(rank="auto", rank_candidates=WIDE_RANKS)
             return _refine_point(net, d, parts[4], method, validation=True, flips=True)
+        if parts[5] == "subspace_auto":
+            return _refine_point(net, d, parts[4], ls.Subspace(rank="auto"), validation=True,
+                                 flips=True)  # fmt: skip
         return _refine_point(net, d, parts[4], parts[5], flips=True)
     raise ValueError(f"point: unknown section in {key!r}")
 
@@ -453,7 +461,7 @@ def points(cfg: dict) -> list[str]:
                     for me in ("subspace_auto", "subspace_auto_wide")]  # fmt: skip
         for seed in cfg["seeds"]:  # more networks of the long run, every default refinement
             out.append(f"seeds/digits/long/{seed}/trained")
-            out += [f"seeds/digits/long/{seed}/{c}" for c in SEED_COLS + SEED_WIDE]
+            out += [f"seeds/digits/long/{seed}/{c}" for c in SEED_COLS + SEED_WIDE + SEED_AUTO]
     return out
 
 
@@ -483,9 +491,15 @@ def _isolated(key: str, args) -> dict:
         return dict(error=f"timed out after {args.point_timeout} s")
 
 
+def _matches(key: str, prefixes) -> bool:
+    """Whether ``key`` starts with one of ``prefixes`` (one ending in ``$``: is that key)."""
+    return any(key == p[:-1] if p.endswith("$") else key.startswith(p) for p in prefixes)
+
+
 def main(argv=None):
     args = parse_script(__file__, __doc__, lambda ap: (
-        ap.add_argument("--only", nargs="*", default=None, help="points with these prefixes"),
+        ap.add_argument("--only", nargs="*", default=None,
+                        help="points with these prefixes (KEY$: that key alone)"),
         ap.add_argument("--redo", nargs="*", default=[], help="run these prefixes again"),
         ap.add_argument("--table-only", action="store_true", help="rewrite table and figure"),
         ap.add_argument("--no-plot", action="store_true"),
@@ -495,9 +509,9 @@ def main(argv=None):
     rec = Record("classification", out=args.out, device="cpu", quick=args.quick)
     if not args.table_only:
         rec.rows = [r for r in rec.rows if "error" not in r
-                    and not any(r["key"].startswith(p) for p in args.redo)]  # fmt: skip
+                    and not _matches(r["key"], args.redo)]  # fmt: skip
         for key in points(cfg):
-            if args.only is not None and not any(key.startswith(p) for p in args.only):
+            if args.only is not None and not _matches(key, args.only):
                 continue
             rows = {r["key"]: r for r in rec.rows}
             base = key
@@ -701,6 +715,13 @@ def targets(rows: dict) -> list[str]:
             + "; ".join(lost(SEED_COLS, str))
             + "."
         )
+        parts = lost(SEED_AUTO, lambda c: c.split("/")[0])
+        if parts:
+            lines.append(
+                "  - the subspace route with its rank chosen on the validation images by "
+                '`Subspace(rank="auto")` (its grid up to 1,000, rescanned at 2,000 and 4,000 '
+                "while the best is the largest rank): " + "; ".join(parts) + "."
+            )
         parts = lost(SEED_WIDE, lambda c: c.split("/")[0])
         if parts:
             lines.append(
@@ -825,6 +846,8 @@ def _write(rec: Record, args, cfg: dict) -> str:
                     body.append(f"| {label} | {_err(r)} | | | | | | |")
                     continue
                 note = f"rank {r['rank']}" if r.get("rank") else f"{r.get('iterations')} it."
+                if len(r.get("svd_ranks") or ()) > 1:  # rank="auto" rescanned at larger ranks
+                    note += " (rescanned at " + ", ".join(map(str, r["svd_ranks"][1:])) + ")"
                 if lo == "cross_entropy":
                     ts = ", ".join(f"{_f(s['t'], '.2g')}/{_f(s.get('network_t'), '.2g') or '—'}"
                                    for s in r.get("steps", []))  # fmt: skip
@@ -874,7 +897,7 @@ def _seed_changes(rows: dict) -> dict:
         if not base or "error" in base:
             continue
         got = {"trained": base["test_acc"]}
-        for c in SEED_COLS + SEED_WIDE:
+        for c in SEED_COLS + SEED_WIDE + SEED_AUTO:
             r = rows.get(f"{pre}/{c}")
             if r and "error" not in r:
                 got[c] = round((r["test_acc"] - base["test_acc"]) * DIGITS_TEST)
@@ -902,26 +925,29 @@ def _seeds_table(rows: dict) -> list[str]:
     sums = [sum(g[c] for g in seeds.values() if c in g) for c in SEED_COLS]
     body.append("| sum | | " + " | ".join(f"{v:+d}" for v in sums) + " |")
     body.append("")
-    wide = [c for c in SEED_WIDE if any(c in g for g in seeds.values())]
-    if not wide:
+    los = [lo for lo in LOSSES[:2]
+           if any(f"{lo}/{v}" in g for g in seeds.values() for v in SEED_VAL)]  # fmt: skip
+    if not los:
         return body
-    cols = [(lo, f"{lo}/subspace") for lo in (c.split("/")[0] for c in wide)]
     body += [
-        f'The squared losses by `Subspace(rank="auto", rank_candidates={WIDE_RANKS})`, the '
-        "rank chosen on the 300 validation images, against the default `Subspace()` (rank "
-        "1,000): change in correct test images (chosen rank)",
+        "The squared losses with the rank chosen on the 300 validation images, against the "
+        "default `Subspace()` (rank 1,000): change in correct test images (chosen rank). "
+        '"auto": `Subspace(rank="auto")` (its grid up to 1,000, rescanned at 2,000 and 4,000 '
+        'while the best is the largest rank); "given": `Subspace(rank="auto", '
+        f"rank_candidates={WIDE_RANKS})`",
         "",
         "| init seed | "
-        + " | ".join(f"`{lo}`, rank 1,000 | `{lo}`, validation" for lo, _ in cols)
+        + " | ".join(f"`{lo}`, rank 1,000 | `{lo}`, auto | `{lo}`, given" for lo in los)
         + " |",  # fmt: skip
-        "|---:|" + "---:|---:|" * len(cols),
+        "|---:|" + "---:|---:|---:|" * len(los),
     ]
     for seed, got in seeds.items():
         cells = []
-        for lo, default in cols:
-            w = f"{lo}/subspace_auto_wide"
-            cells.append(f"{got[default]:+d}" if default in got else "")
-            cells.append(f"{got[w]:+d} ({got[w + ':rank']})" if w in got else "")
+        for lo in los:
+            cells.append(f"{got[f'{lo}/subspace']:+d}" if f"{lo}/subspace" in got else "")
+            for v in SEED_VAL:
+                c = f"{lo}/{v}"
+                cells.append(f"{got[c]:+d} ({got[c + ':rank']})" if c in got else "")
         body.append(f"| {seed} | " + " | ".join(cells) + " |")
     return body + [""]
 

@@ -839,38 +839,70 @@ def test_guide_mixed_precision_prose_quotes_the_ecosystem_json():
         agrees(fig, value, "results.md, FNO")
 
 
-def test_classification_wide_rank_scan_prose_quotes_its_json():
-    """What section 6 says of `Subspace(rank="auto")` over ranks up to 4,000."""
+def test_classification_validation_rank_prose_quotes_its_json():
+    """What section 6 and the guide say of the rank chosen on validation data: by
+    `Subspace(rank="auto")` (its rescans above the default grid) and over given ranks."""
     page = (DOCS / "results.md").read_text()
+    guide = (DOCS / "guide.md").read_text()
     rows = {r["key"]: r for r in _json("bench/results/classification_cpu.json")["rows"]}
     pre = "trained/digits/long"
+    los = ("mse", "softmax_mse")
     base = rows[f"{pre}/trained"]["test_acc"]
-    wide = {lo: rows[f"{pre}/{lo}/subspace_auto_wide"] for lo in ("mse", "softmax_mse")}
-    narrow = {lo: rows[f"{pre}/{lo}/subspace_auto"] for lo in ("mse", "softmax_mse")}
-    assert [wide["mse"]["rank"], wide["softmax_mse"]["rank"]] == [4000, 1500]
-    assert [narrow["mse"]["rank"], narrow["softmax_mse"]["rank"]] == [1000, 1000]
-    changes = [round((wide[lo]["test_acc"] - base) * 497) for lo in ("mse", "softmax_mse")]
-    assert changes == [9, 0]
-    text = "`mse` (+9 images, 98.8%)"
+    auto = {lo: rows[f"{pre}/{lo}/subspace_auto"] for lo in los}
+    wide = {lo: rows[f"{pre}/{lo}/subspace_auto_wide"] for lo in los}
+    default = {lo: rows[f"{pre}/{lo}/subspace"] for lo in los}
+    assert [auto[lo]["rank"] for lo in los] == [3000, 1500]
+    assert [auto[lo]["svd_ranks"] for lo in los] == [[1000, 2000, 4000], [1000, 2000]]
+    assert [wide[lo]["rank"] for lo in los] == [4000, 1500]
+    for got in (auto, wide):
+        assert [round((got[lo]["test_acc"] - base) * 497) for lo in los] == [9, 0]
+    assert "`mse` (+9 images, 98.8%; randomized SVDs at 1,000, 2,000 and 4,000)" in page
+    agrees("98.8", 100 * auto["mse"]["test_acc"], "results.md section 6")
+    text = "in 301 s and 82 s against 17 s and 20 s for the default `Subspace()`"
     assert text in page
-    agrees("98.8", 100 * wide["mse"]["test_acc"], "results.md section 6")
-    text = "in 200 s and 178 s against 22 s and 24 s at the default grid"
-    assert text in page
-    values = [wide["mse"]["wall_s"], wide["softmax_mse"]["wall_s"],
-              narrow["mse"]["wall_s"], narrow["softmax_mse"]["wall_s"]]  # fmt: skip
+    values = [auto["mse"]["wall_s"], auto["softmax_mse"]["wall_s"],
+              default["mse"]["wall_s"], default["softmax_mse"]["wall_s"]]  # fmt: skip
     for fig, value in zip(figures(text), values, strict=True):
         agrees(fig, value, "results.md section 6")
-    text = (
-        "`mse` by +5 to +10 images (it chose 3,000 or 4,000),\n`softmax_mse` by +0 to +3 "
-        "(1,000 or 1,500)"
-    )
+    assert {r["threads"] for r in (*auto.values(), *default.values(), *wide.values())} == {1}
+    text = "4,000 and 1,500, with the same test accuracy, in 200 s and 178 s"
     assert text in page
-    for lo, (lo_ch, hi_ch, ranks) in {"mse": (5, 10, {3000, 4000}),
-                                      "softmax_mse": (0, 3, {1000, 1500})}.items():  # fmt: skip
-        got, chosen = [], set()
+    for fig, value in zip(figures(text)[2:], [wide[lo]["wall_s"] for lo in los], strict=True):
+        agrees(fig, value, "results.md section 6")
+    text = "on the first, in 18x\nthe time of the default `Subspace()`"
+    assert text in guide
+    agrees("18", auto["mse"]["wall_s"] / default["mse"]["wall_s"], "guide.md, classification")
+
+    def over_seeds(lo, col):
+        got, chosen = [], []
         for seed in range(5):
             p = pre if seed == 0 else f"seeds/digits/long/{seed}"
-            r = rows[f"{p}/{lo}/subspace_auto_wide"]
+            r = rows[f"{p}/{lo}/{col}"]
             got.append(round((r["test_acc"] - rows[f"{p}/trained"]["test_acc"]) * 497))
-            chosen.add(r["rank"])
-        assert (min(got), max(got), chosen) == (lo_ch, hi_ch, ranks), (lo, got, chosen)
+            chosen.append(r["rank"])
+        return got, chosen
+
+    got, chosen = over_seeds("mse", "subspace_auto")
+    assert (min(got), max(got)) == (4, 10) and sorted(chosen) == [3000] * 4 + [4000]
+    edge = [w for w in rows["seeds/digits/long/4/mse/subspace_auto"]["warnings"]
+            if "largest rank scanned, 4000" in w]  # fmt: skip
+    assert edge and chosen[4] == 4000
+    text = (
+        'by +4 to +10 images with `Subspace(rank="auto")` (it chose 3,000 on\nfour and 4,000 on '
+        "one, where it warned that a larger rank may be better still), and by +5 to\n+10 over the "
+        "given ranks (3,000 or 4,000)"
+    )
+    assert text in page
+    got, chosen = over_seeds("mse", "subspace_auto_wide")
+    assert (min(got), max(got), set(chosen)) == (5, 10, {3000, 4000})
+    assert "gained 4 to 10 images on all five" in guide
+    got_wide, _ = over_seeds("softmax_mse", "subspace_auto_wide")
+    got_auto, _ = over_seeds("softmax_mse", "subspace_auto")
+    assert (min(got_wide), max(got_wide), min(got_auto), max(got_auto)) == (0, 3, -1, 1)
+    assert got_auto.index(-1) == 3
+    text = '+0 to +3 over the given ranks, and -1 to +1 by `rank="auto"`'
+    assert text in page
+    (lost,) = rows["seeds/digits/long/3/softmax_mse/subspace_auto"]["flips"]
+    assert not lost["now_correct"] and lost["margin_rank"] == 0
+    assert "(its top two probabilities 0.054\napart)" in page
+    agrees("0.054", lost["margin"], "results.md section 6")

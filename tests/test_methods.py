@@ -287,15 +287,16 @@ def test_solve_reduced_retries_a_float32_svd_that_does_not_converge(monkeypatch)
 
 
 def test_rank_auto_warns_when_the_best_rank_is_the_largest_candidate():
-    """A scan whose best validation error is at its largest candidate says that a larger
-    rank may be better (pointing at the caller's line); an interior best is quiet."""
+    """A scan of the caller's candidates whose best validation error is at the largest says
+    that a larger rank may be better (pointing at the caller's line) and does not rescan;
+    an interior best is quiet."""
     model, x, y = _problem()
     method = ls.Subspace(rank="auto", rank_candidates=[2, 4, 8])
-    with pytest.warns(UserWarning, match=r"largest candidate rank, 8.*rank_candidates=") as rec:
+    with pytest.warns(UserWarning, match=r"largest rank scanned, 8.*rank_candidates=") as rec:
         r = ls.refine(model, data=(x, y), method=method, validation=(x[:20], y[:20]),
                       generator=torch.Generator().manual_seed(0))  # fmt: skip
-    (ours,) = [w for w in rec if "largest candidate" in str(w.message)]
-    assert r.info["rank"] == 8 and ours.filename == __file__
+    (ours,) = [w for w in rec if "largest rank scanned" in str(w.message)]
+    assert r.info["rank"] == 8 and ours.filename == __file__ and r.info["svd_ranks"] == [8]
     scan = {s["rank"]: s["val_rel_l2"] for s in r.info["rank_scan"]}
     assert scan[8] < min(scan[2], scan[4])
     # validation targets that are the network's own outputs: every refinement (fitted to
@@ -305,7 +306,74 @@ def test_rank_auto_warns_when_the_best_rank_is_the_largest_candidate():
     with torch.no_grad():
         own = model(x[:20])
     with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*largest candidate")
+        warnings.filterwarnings("error", message=".*largest rank scanned")
         q = ls.refine(model, data=(x, noise), method=method, validation=(x[:20], own),
                       generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert q.info["rank"] < 8
+
+
+def _teacher_problem():
+    """A 16-parameter MLP (default rank 16 // 4 = 4) and data from the same network with
+    perturbed weights: its linearization fits them better at every larger rank."""
+    torch.manual_seed(0)
+    model, teacher = MLP((3, 3, 1)).double(), MLP((3, 3, 1)).double()
+    teacher.load_state_dict(model.state_dict())
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+        x, xv = (torch.rand(n, 3, generator=g, dtype=torch.float64) * 2 - 1 for n in (200, 100))
+        return model, (x, teacher(x)), (xv, teacher(xv))
+
+
+def test_rank_auto_rescans_at_twice_the_rank_up_to_the_least_squares_solution():
+    """With its default candidates, a best at the largest rank rescans at twice the rank
+    (ranks k, 1.5k, 2k of a new randomized SVD); here 4 -> 8 -> 16 = min(n, m), where the
+    subspace is all of parameter space and delta is the dense least-squares solution."""
+    from torch.func import functional_call, jacrev
+
+    model, (x, y), val = _teacher_problem()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*largest rank scanned")
+        r = ls.refine(model, data=(x, y), method=ls.Subspace(rank="auto"), validation=val,
+                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert r.info["svd_ranks"] == [4, 8, 16] and r.info["rank"] == 16
+    scan = r.info["rank_scan"]
+    assert [(s["svd_rank"], s["rank"]) for s in scan] == [
+        (4, 1), (4, 2), (4, 4), (8, 4), (8, 6), (8, 8), (16, 8), (16, 12), (16, 16)
+    ]  # fmt: skip
+    assert scan[-1]["val_rel_l2"] < scan[5]["val_rel_l2"] < scan[2]["val_rel_l2"]
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def res(p):
+        return (functional_call(model, p, (x,)) - y).reshape(-1)
+
+    jac = jacrev(res)(params)
+    G = torch.cat([jac[k].reshape(len(x), -1) for k in params], dim=1)
+    ref = torch.linalg.lstsq(G, -res(params)[:, None]).solution[:, 0]
+    torch.testing.assert_close(r.delta, ref, rtol=1e-7, atol=1e-9)
+
+
+def test_rank_auto_does_not_rescan_beyond_the_memory_budget():
+    """A rescan that the plan's budget cannot hold is not run; the warning says why."""
+    from lsr_scale.refine._plan import HEADROOM
+
+    model, data, val = _teacher_problem()
+    auto = ls.Subspace(rank="auto")
+    at_8 = ls.Subspace(rank="auto", rank_candidates=(8,))
+    roomy = ls.plan(model, data=data, method=auto, memory_budget=1e9)
+    e4, e8 = (roomy.estimate(m).total for m in (auto, at_8))
+    assert e4 < e8
+    budget = (e4 + e8) / 2 / HEADROOM
+    tight = ls.plan(model, data=data, method=auto, memory_budget=budget)
+    assert not tight.adapted and tight.within_budget(auto) and not tight.within_budget(at_8)
+    with pytest.warns(UserWarning, match=r"scanned, 4.*rank 8 does not fit the memory budget"):
+        r = ls.refine(model, data=data, method=auto, validation=val, memory_budget=budget,
+                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert r.info["svd_ranks"] == [4] and r.info["rank"] == 4
+    # DataLoader data is not planned, so nothing says a rescan would fit: none is run
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*data), batch_size=50)
+    with pytest.warns(UserWarning, match=r"scanned, 4.*DataLoader data has no memory plan"):
+        r = ls.refine(model, data=loader, method=auto, validation=val,
+                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert r.info["svd_ranks"] == [4]

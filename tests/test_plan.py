@@ -123,6 +123,20 @@ def test_subspace_adapts_its_rank():
     assert max(p3.method.rank_candidates) < 250 and p3.peak_bytes <= HEADROOM * 1.2e9
 
 
+def test_a_plan_estimates_other_settings_at_its_own_sizes():
+    """Plan.estimate / within_budget (what Subspace(rank="auto") asks before a rescan at a
+    larger rank): the plan's own method gives its own estimate; a plan survives pickling."""
+    import pickle
+
+    p = plan_problem(ls.Subspace(), budget=int(1.2e9), **_sizes())
+    assert p.estimate(p.method).total == p.peak_bytes and p.within_budget(p.method)
+    k = p.method.rank
+    assert not p.within_budget(ls.Subspace(rank=2 * k))
+    assert p.estimate(ls.Subspace(rank=2 * k)).total > p.peak_bytes
+    q = pickle.loads(pickle.dumps(p))
+    assert q == p and q.estimate(q.method).total == p.peak_bytes
+
+
 def test_the_product_batch_comes_down_before_any_setting():
     p = plan_problem(ls.Krylov(), budget=int(2.5e9), **_sizes())
     assert p.adapted == () and p.products.batch_size < 64

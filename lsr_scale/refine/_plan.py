@@ -93,6 +93,19 @@ class Plan:
     adapted: tuple = ()
     notes: tuple = ()
     sizes: dict = field(default_factory=dict)
+    _estimate_args: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def estimate(self, method) -> MemoryEstimate:
+        """The estimate of ``method`` (e.g. this plan's method at a larger rank) at this
+        plan's sizes and product settings."""
+        if not self._estimate_args:
+            raise ValueError("Plan.estimate: this plan keeps no sizes to estimate from")
+        return estimate(method, **self._estimate_args)
+
+    def within_budget(self, method) -> bool:
+        """Whether :meth:`estimate` of ``method`` is within :data:`HEADROOM` of the budget,
+        as the plan's own estimate is."""
+        return self.estimate(method).total <= int(HEADROOM * self.budget)
 
     @property
     def fits(self) -> bool:
@@ -233,6 +246,7 @@ def plan_problem(
         adapted=tuple(adapted),
         notes=tuple(notes),
         sizes={**cur.sizes, "device": str(device)},
+        _estimate_args=dict(base, batch=batch, chunk=chunk, cache=cache),
     )
 
 

@@ -497,6 +497,7 @@ def refine(
         problem = Problem(
             J, b, work, inputs, validation, products, generator, stage, model_dtype=out_dtype,
             narrow_dtype=narrowest(narrow),
+            fits=the_plan.within_budget if the_plan is not None else None,
         )  # fmt: skip
         delta, info = method.solve(problem)
         times.update(info.pop("times", {}))

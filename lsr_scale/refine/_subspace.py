@@ -29,6 +29,9 @@ from ._streaming import ColumnMask, draw_mask, reduced_gram, solve_nested, strea
 __all__ = ["Subspace", "solve_reduced", "default_rank"]
 
 _DEFAULT_MAX_DENSE_BYTES = 2 * 1024**3
+#: How many times ``Subspace(rank="auto")`` (its default candidates) rescans at twice the rank
+#: when its best validation error is at the largest rank scanned: up to 4x the default rank.
+AUTO_RESCANS = 2
 _REDUCED_DEFAULTS = {"maxiter": 1000, "atol": 1e-8, "btol": 1e-8, "conlim": 1e12}
 DTYPE_HINT = "; convert it, or pass dtype= to refine to work in another precision"
 
@@ -93,8 +96,13 @@ class Subspace(Method):
     rank : int or "auto", optional
         The rank ``k``: the capacity knob (too large amplifies noise and ill-conditioning).
         Default :func:`default_rank`. ``"auto"`` scans nested truncations of one randomized
-        SVD and keeps the best on ``refine(..., validation=...)``; when that is the largest
-        candidate, a ``UserWarning`` says a larger rank may be better (``rank_candidates=``).
+        SVD and keeps the best on ``refine(..., validation=...)``. With the default
+        candidates, a best at the largest rank ``k`` rescans at ``2k`` (ranks ``k``,
+        ``1.5k``, ``2k`` of a new randomized SVD), at most :data:`AUTO_RESCANS` times (up to
+        4x the default rank) and only when the plan's memory budget holds the larger rank;
+        ``info["svd_ranks"]`` lists the SVDs taken. When the best is still the largest rank
+        scanned, a ``UserWarning`` says a larger rank may be better, and why none was
+        scanned (``rank_candidates=`` given, the rescans spent, the budget).
     oversample : int
         Randomized SVD oversampling (paper: 10).
     power_iters : int
@@ -107,8 +115,9 @@ class Subspace(Method):
     rank_candidates : sequence of int, optional
         Candidate ranks for ``rank="auto"`` (default: a geometric grid, ratio 1.5, up to
         :func:`default_rank`, so that the scan costs the randomized SVD of the fixed default
-        rank and little more; it scanned up to twice that before, at 2.5x the time of the
-        fixed-rank call on a small CNN: ``bench/results/profile_rank_auto_cpu.md``).
+        rank and little more when its best is inside the grid:
+        ``bench/results/profile_rank_auto_cpu.md``; the rescans above). Given candidates are
+        scanned as given, never rescanned.
     reduced : {"auto", "dense", "lsmr"}
         How the reduced problem is solved. ``"auto"`` is dense when ``G0 P`` takes at most
         ``max_dense_bytes``.
@@ -391,38 +400,24 @@ class Subspace(Method):
                 f"{self.max_dense_bytes / 2**30:.1f} GiB; raise it or give a rank"
             )
         # ---------------------------------------------------------- randomized SVD
-        problem.stage(
-            "randomized SVD",
-            total=_svd_products(self, k, Js.shape),
-            done=product_counter(Js),
-        )
-        with timed(times, "range_finder", device):
-            _, S, Vh = randomized_svd(
-                Js,
-                k,
-                oversample=min(self.oversample, max_rank - k),
-                power_iters=self.power_iters,
-                generator=problem.generator,
-                block_size=batch,
-            )
-            P = Vh.T.div_(S)  # P = V_k diag(1/S_k), over Vh's storage (no m x k copy)
+        P, S = self._range(Js, k, problem, times)
         info["rank"] = k
         info["singular_values"] = S.detach().cpu()
         # ---------------------------------------------------------- reduced problem
         problem.stage("reduced problem", total=k if use_dense else None, done=product_counter(J))
         info["reduced_solver"] = "dense" if use_dense else "lsmr"
-        with timed(times, "reduced", device):
-            if use_dense:
+        if use_dense:
+            with timed(times, "reduced", device):
                 A = matmat_in_blocks(J, P, batch)
-                if auto:
-                    k_best, scan, interrupted = self._scan_ranks(A, b, P, problem, k)
-                    info["rank_scan"] = scan
-                    info["rank"] = k_best
-                    info["interrupted"] = interrupted
-                    A, P = A[:, :k_best], P[:, :k_best]
+            if auto:  # times its rescans' SVDs as "range_finder", the rest as "reduced"
+                held = [A, P]  # handed over, so that a rescan can free them
+                del A, P
+                A, P = self._auto_rank(held, Js, J, k, problem, info, times)
+            with timed(times, "reduced", device):
                 c = solve_reduced(A, b, self.rcond)
-                info["solver"] = {"kind": "truncated_svd_lstsq", "rcond": self.rcond}
-            else:
+            info["solver"] = {"kind": "truncated_svd_lstsq", "rcond": self.rcond}
+        else:
+            with timed(times, "reduced", device):
                 Aop = SubspaceOperator(J, P)
                 M = SketchPreconditioner(Aop, generator=problem.generator)
                 res = lsmr(
@@ -434,11 +429,92 @@ class Subspace(Method):
                     maxiter=_or(self.reduced_maxiter, "maxiter"),
                     M=M,
                 )
-                c = res.x
-                info["solver"] = res
-                info["preconditioner"] = {"name": "sketch", "build_time": M.build_time}
+            c = res.x
+            info["solver"] = res
+            info["preconditioner"] = {"name": "sketch", "build_time": M.build_time}
         info["times"] = times
         return _embed(P @ c, idx, problem.J.shape[1]), info
+
+    def _range(self, Js, k: int, problem: Problem, times: dict, label="randomized SVD"):
+        """``P = V_k diag(1 / S_k)`` of a rank-``k`` randomized SVD of ``Js``, and ``S_k``."""
+        max_rank = min(Js.shape)
+        problem.stage(
+            label,
+            total=_svd_products(self, k, Js.shape),
+            done=product_counter(Js),
+        )
+        with timed(times, "range_finder", Js.device):
+            _, S, Vh = randomized_svd(
+                Js,
+                k,
+                oversample=min(self.oversample, max_rank - k),
+                power_iters=self.power_iters,
+                generator=problem.generator,
+                block_size=problem.products.batch_size,
+            )
+        return Vh.T.div_(S), S  # P over Vh's storage (no m x k copy)
+
+    def _auto_rank(self, held: list, Js, J, k: int, problem: Problem, info: dict, times: dict):
+        """``rank="auto"``: the validation scan of nested truncations, rescanned at twice the
+        rank (at most :data:`AUTO_RESCANS` times, while the budget allows) when its best is
+        the largest rank of its grid. ``held`` is ``[A, P]`` (emptied: a rescan frees them
+        before it builds the larger basis); returns ``(A, P)`` cut to the rank chosen."""
+        A, P = held
+        held.clear()
+        max_rank = min(Js.shape)
+        cands = self.rank_candidates or _rank_grid(k)
+        scan: list = []
+        svd_ranks = [k]
+        while True:
+            with timed(times, "reduced", J.device):
+                best, more, interrupted = self._scan_ranks(A, problem.b, P, problem, k, cands)
+            scan += [dict(r, svd_rank=k) for r in more]
+            edge = not interrupted and len(scan) > 1 and best == k < max_rank
+            if not edge:
+                break
+            why = self._no_rescan(k, max_rank, len(svd_ranks) - 1, J.shape[0], J.dtype, problem)
+            if why:
+                break
+            k2 = min(2 * k, max_rank)
+            k, cands = k2, sorted({r for r in (k, (3 * k) // 2, k2) if r <= k2})
+            svd_ranks.append(k)
+            del A, P  # before the larger basis is built
+            P, S = self._range(Js, k, problem, times, f"randomized SVD, rank {k} (rescan)")
+            info["singular_values"] = S.detach().cpu()
+            with timed(times, "reduced", J.device):
+                A = matmat_in_blocks(J, P, problem.products.batch_size)
+        info.update(rank_scan=scan, rank=best, interrupted=interrupted, svd_ranks=svd_ranks)
+        if edge:
+            warnings.warn(
+                f"Subspace(rank='auto'): the best validation error is at the largest rank "
+                f"scanned, {best}, so a larger rank may be better still ({why}; at most "
+                f"min(n, m) = {max_rank}; ls.plan shows the memory of a rank; "
+                "info['rank_scan'] has the errors)",
+                UserWarning,
+                stacklevel=5,
+            )
+        return A[:, :best], P[:, :best]
+
+    def _no_rescan(self, k, max_rank, rescans, n, dtype, problem: Problem) -> str:
+        """Why ``rank="auto"`` does not rescan at ``2 k`` ('' when it does)."""
+        k2 = min(2 * k, max_rank)
+        if self.rank_candidates is not None:
+            return "pass rank_candidates= with larger ranks to scan them"
+        if rescans >= AUTO_RESCANS:
+            return (
+                f"the scan stops after {AUTO_RESCANS} rescans at twice the rank; pass "
+                "rank_candidates= with larger ranks to scan them"
+            )
+        if n * k2 * torch.finfo(dtype).bits // 8 > self.max_dense_bytes:
+            return f"rank {k2}'s reduced matrix exceeds max_dense_bytes={self.max_dense_bytes}"
+        if problem.fits is None:
+            return (
+                f"DataLoader data has no memory plan to check rank {k2} against; pass "
+                "rank_candidates= with larger ranks to scan them"
+            )
+        if not problem.fits(replace(self, rank_candidates=(k2,))):
+            return f"rank {k2} does not fit the memory budget; pass memory_budget= to allow it"
+        return ""
 
     def _solve_streamed(self, problem: Problem, J, k: int, info: dict, times: dict):
         """The memory-bounded route (:mod:`lsr_scale.refine._streaming`)."""
@@ -491,21 +567,20 @@ class Subspace(Method):
         delta = P[:, :kk].to(J.dtype) @ c.to(J.dtype)
         return delta, info
 
-    def _scan_ranks(self, A, b, P, problem: Problem, k_max: int):
-        """Nested truncations of one randomized SVD, scored on validation data."""
+    def _scan_ranks(self, A, b, P, problem: Problem, k_max: int, cands):
+        """Nested truncations of one randomized SVD, scored on validation data:
+        ``(best rank, [{"rank", "val_rel_l2"}], interrupted)``."""
         v_in, v_tgt = problem.validation
         Jv = problem.jacobian_at(v_in)
         problem.stage("validation products", total=P.shape[1], done=product_counter(Jv))
         q0 = Jv.residual
         JvP = matmat_in_blocks(Jv, P, problem.products.batch_size)
         tgt = v_tgt.reshape(-1).to(q0.dtype)
-        cands = sorted(
-            {int(c) for c in (self.rank_candidates or _rank_grid(k_max)) if 0 < c <= k_max}
-        )
+        asked = cands
+        cands = sorted({int(c) for c in cands if 0 < c <= k_max})
         if not cands:
             raise ValueError(
-                f"Subspace.rank_candidates: expected ranks in [1, {k_max}], "
-                f"got {list(self.rank_candidates)}"
+                f"Subspace.rank_candidates: expected ranks in [1, {k_max}], got {list(asked)}"
             )
         scan = []
         interrupted = False
@@ -524,18 +599,9 @@ class Subspace(Method):
                 f"Subspace: rank scan interrupted after {len(scan)} of {len(cands)} ranks; "
                 "returning the best so far (info['interrupted'] is True)",
                 RuntimeWarning,
-                stacklevel=5,
+                stacklevel=6,
             )
         best = min(scan, key=lambda r: r["val_rel_l2"])["rank"]
-        if not interrupted and len(scan) > 1 and best == cands[-1] < min(problem.J.shape):
-            warnings.warn(
-                f"Subspace(rank='auto'): the best validation error is at the largest candidate "
-                f"rank, {best}, so a larger rank may be better still; pass rank_candidates= "
-                f"with larger ranks (at most min(n, m) = {min(problem.J.shape)}; ls.plan shows "
-                "their memory) to scan them (info['rank_scan'])",
-                UserWarning,
-                stacklevel=5,
-            )
         return best, scan, interrupted
 
 
