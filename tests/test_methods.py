@@ -343,6 +343,13 @@ def test_rank_auto_rescans_at_twice_the_rank_up_to_the_least_squares_solution():
         (4, 1), (4, 2), (4, 4), (8, 4), (8, 6), (8, 8), (16, 8), (16, 12), (16, 16)
     ]  # fmt: skip
     assert scan[-1]["val_rel_l2"] < scan[5]["val_rel_l2"] < scan[2]["val_rel_l2"]
+    # what ran was larger than planned: info holds the plan's estimate of the last rescan
+    at_16 = ls.Subspace(rank="auto", rank_candidates=(16,))
+    plan = ls.plan(model, data=(x, y), method=ls.Subspace(rank="auto"))
+    assert r.info["memory_estimate"] == plan.estimate(at_16).parts != plan.parts
+    assert [n.split(":")[0] for n in r.info["plan_notes"][-2:]] == [
+        f"Subspace(rank='auto') rescanned at rank {k}" for k in (8, 16)
+    ]
     params = {k: v.detach() for k, v in model.named_parameters()}
 
     def res(p):

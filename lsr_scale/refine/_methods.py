@@ -133,11 +133,11 @@ class Problem:
         Set when the model computes parameter-dependent values in a precision narrower than
         ``J.dtype`` (:func:`~lsr_scale.refine._precision.narrow_ops`): the products are
         accurate only to it, and a preconditioner should stop at its noise floor.
-    fits : callable or None
-        ``fits(method) -> bool``: whether ``method``'s estimate fits the plan's memory budget
-        at the plan's product settings (:meth:`~._plan.Plan.within_budget`), for a method
-        that decides on a larger setting while it runs (``Subspace(rank="auto")``'s rescan).
-        ``None`` when no plan was made (``DataLoader`` data, rows sharded over processes).
+    plan : Plan or None
+        The memory plan this refinement runs (:class:`~._plan.Plan`), for a method that
+        decides on a larger setting while it runs (``Subspace(rank="auto")``'s rescans ask
+        :meth:`~._plan.Plan.within_budget` first, and report the larger estimate in
+        ``info["memory_estimate"]``). ``None`` when no plan was made (``DataLoader`` data).
     """
 
     J: JacobianOperator
@@ -150,7 +150,7 @@ class Problem:
     stage: object
     model_dtype: torch.dtype | None = None
     narrow_dtype: torch.dtype | None = None
-    fits: object = None
+    plan: object = None
 
     def jacobian_at(self, inputs):
         """The output Jacobian ``J_q`` at other inputs, over the same parameters."""

@@ -497,7 +497,7 @@ def refine(
         problem = Problem(
             J, b, work, inputs, validation, products, generator, stage, model_dtype=out_dtype,
             narrow_dtype=narrowest(narrow),
-            fits=the_plan.within_budget if the_plan is not None else None,
+            plan=the_plan,
         )  # fmt: skip
         delta, info = method.solve(problem)
         times.update(info.pop("times", {}))
@@ -525,10 +525,14 @@ def refine(
         times=times,
         peak_mem_bytes=pm.peak_bytes,
         peak_mem_kind=pm.kind,
-        memory_estimate=the_plan.parts if the_plan is not None else None,
+        # a method that ran larger settings than planned (within the budget) reports their
+        # estimate (Subspace(rank="auto")'s rescans)
+        memory_estimate=info.pop("memory_estimate", None)
+        or (the_plan.parts if the_plan is not None else None),
         adapted=list(the_plan.adapted) if the_plan is not None else [],
         products=products,
-        plan_notes=list(the_plan.notes) if the_plan is not None else [],
+        plan_notes=(list(the_plan.notes) if the_plan is not None else [])
+        + info.pop("plan_notes", []),
         num_jvp=J.num_matvecs,
         num_vjp=J.num_rmatvecs,
     )

@@ -478,6 +478,11 @@ class Subspace(Method):
             k2 = min(2 * k, max_rank)
             k, cands = k2, sorted({r for r in (k, (3 * k) // 2, k2) if r <= k2})
             svd_ranks.append(k)
+            larger = problem.plan.estimate(replace(self, rank_candidates=(k,)))
+            info["memory_estimate"] = larger.parts  # what the plan would say of this rank
+            info.setdefault("plan_notes", []).append(
+                f"Subspace(rank='auto') rescanned at rank {k}: estimated peak {larger.describe()}"
+            )
             del A, P  # before the larger basis is built
             P, S = self._range(Js, k, problem, times, f"randomized SVD, rank {k} (rescan)")
             info["singular_values"] = S.detach().cpu()
@@ -507,12 +512,12 @@ class Subspace(Method):
             )
         if n * k2 * torch.finfo(dtype).bits // 8 > self.max_dense_bytes:
             return f"rank {k2}'s reduced matrix exceeds max_dense_bytes={self.max_dense_bytes}"
-        if problem.fits is None:
+        if problem.plan is None:
             return (
                 f"DataLoader data has no memory plan to check rank {k2} against; pass "
                 "rank_candidates= with larger ranks to scan them"
             )
-        if not problem.fits(replace(self, rank_candidates=(k2,))):
+        if not problem.plan.within_budget(replace(self, rank_candidates=(k2,))):
             return f"rank {k2} does not fit the memory budget; pass memory_budget= to allow it"
         return ""
 
