@@ -271,15 +271,15 @@ def test_ctrl_c_in_a_rank_scan_keeps_the_best_rank_so_far(mlp32, monkeypatch):
 
     prob, model = mlp32
     calls = {"n": 0}
-    orig = _subspace.solve_reduced
+    orig = _subspace.NestedLstsq.solve
 
-    def solve(A, b, rcond=None):
+    def solve(self, k):
         calls["n"] += 1
         if calls["n"] == 3:  # the third candidate of the scan
             raise KeyboardInterrupt
-        return orig(A, b, rcond)
+        return orig(self, k)
 
-    monkeypatch.setattr(_subspace, "solve_reduced", solve)
+    monkeypatch.setattr(_subspace.NestedLstsq, "solve", solve)
     xv, yv = prob.x_test[::7], prob.y_test[::7]
     with pytest.warns(RuntimeWarning, match="rank scan interrupted after 2 of 4"):
         r = ls.refine(

@@ -286,6 +286,30 @@ def test_solve_reduced_retries_a_float32_svd_that_does_not_converge(monkeypatch)
         solve_reduced(A.double(), b.double())
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_nested_lstsq_matches_the_truncated_svd_of_each_prefix(dtype, tol):
+    """The rank scan's solver: one QR for every column prefix, the same solutions as
+    solve_reduced on each; when R's diagonal spans more than 1 / rcond (where the SVD drops
+    directions) it solves each prefix by solve_reduced itself."""
+    from lsr_scale.refine._subspace import NestedLstsq, solve_reduced
+
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(300, 40, generator=g, dtype=torch.float64)
+    A = A * torch.logspace(0, -2, 40, dtype=torch.float64)  # columns of decaying scale
+    b = torch.randn(300, generator=g, dtype=torch.float64)
+    A, b = A.to(dtype), b.to(dtype)
+    nested = NestedLstsq(A, b)
+    assert nested.qr
+    for k in (1, 7, 25, 40):
+        ref = solve_reduced(A[:, :k].double(), b.double(), rcond=1e-14)
+        torch.testing.assert_close(nested.solve(k).double(), ref, rtol=tol, atol=tol)
+    # a column that repeats an earlier one: rank deficient, so the truncated SVD decides
+    bad = torch.cat([A[:, :10], A[:, 3:4]], dim=1)
+    nested = NestedLstsq(bad, b)
+    assert not nested.qr
+    assert torch.equal(nested.solve(11), solve_reduced(bad, b))
+
+
 def test_rank_auto_warns_when_the_best_rank_is_the_largest_candidate():
     """A scan of the caller's candidates whose best validation error is at the largest says
     that a larger rank may be better (pointing at the caller's line) and does not rescan;
