@@ -385,6 +385,37 @@ def test_rank_auto_rescans_at_twice_the_rank_up_to_the_least_squares_solution():
     torch.testing.assert_close(r.delta, ref, rtol=1e-7, atol=1e-9)
 
 
+def test_ctrl_c_in_a_rescan_keeps_the_best_of_the_scans_before_it(monkeypatch):
+    """A KeyboardInterrupt while a rescan builds its larger basis returns the refinement of
+    the scans before it (the first scan's best rank here), with a warning, as a Ctrl-C in
+    a scan keeps the best rank so far."""
+    from lsr_scale.refine import _subspace
+
+    model, data, val = _teacher_problem()
+    auto = ls.Subspace(rank="auto")
+    orig, calls = _subspace.randomized_svd, {"n": 0}
+
+    def svd(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the rescan's randomized SVD
+            raise KeyboardInterrupt
+        return orig(*args, **kwargs)
+
+    monkeypatch.setattr(_subspace, "randomized_svd", svd)
+    with pytest.warns(RuntimeWarning, match="rescan at rank 8 was interrupted.*before it, 4"):
+        r = ls.refine(model, data=data, method=auto, validation=val,
+                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert r.info["interrupted"] is True and r.info["rank"] == 4 and r.info["svd_ranks"] == [4]
+    assert [s["rank"] for s in r.info["rank_scan"]] == [1, 2, 4]
+    monkeypatch.setattr(_subspace, "randomized_svd", orig)
+    given = ls.Subspace(rank="auto", rank_candidates=(1, 2, 4))
+    with pytest.warns(UserWarning, match="largest rank scanned, 4"):  # given: no rescan
+        first = ls.refine(model, data=data, method=given, validation=val,
+                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert first.info["rank"] == 4
+    torch.testing.assert_close(r.delta, first.delta, rtol=1e-9, atol=1e-12)
+
+
 def test_rank_auto_does_not_rescan_beyond_the_memory_budget():
     """A rescan that the plan's budget cannot hold is not run; the warning says why."""
     from lsr_scale.refine._plan import HEADROOM

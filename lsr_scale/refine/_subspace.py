@@ -130,7 +130,8 @@ class Subspace(Method):
         4x the default rank) and only when the plan's memory budget holds the larger rank;
         ``info["svd_ranks"]`` lists the SVDs taken. When the best is still the largest rank
         scanned, a ``UserWarning`` says a larger rank may be better, and why none was
-        scanned (``rank_candidates=`` given, the rescans spent, the budget).
+        scanned (``rank_candidates=`` given, the rescans spent, the budget). A Ctrl-C during
+        a rescan returns the best of the scans before it (``info["interrupted"]``).
     oversample : int
         Randomized SVD oversampling (paper: 10).
     power_iters : int
@@ -440,7 +441,11 @@ class Subspace(Method):
             if auto:  # times its rescans' SVDs as "range_finder", the rest as "reduced"
                 held = [A, P]  # handed over, so that a rescan can free them
                 del A, P
-                A, P = self._auto_rank(held, Js, J, k, problem, info, times)
+                A, P, kept = self._auto_rank(held, Js, J, k, problem, info, times)
+                if kept is not None:  # a rescan interrupted: the scans before it decided
+                    info["solver"] = {"kind": "nested_qr_lstsq", "rcond": self.rcond}
+                    info["times"] = times
+                    return _embed(kept, idx, problem.J.shape[1]), info
             with timed(times, "reduced", device):
                 c = solve_reduced(A, b, self.rcond)
             info["solver"] = {"kind": "truncated_svd_lstsq", "rcond": self.rcond}
@@ -486,16 +491,25 @@ class Subspace(Method):
         """``rank="auto"``: the validation scan of nested truncations, rescanned at twice the
         rank (at most :data:`AUTO_RESCANS` times, while the budget allows) when its best is
         the largest rank of its grid. ``held`` is ``[A, P]`` (emptied: a rescan frees them
-        before it builds the larger basis); returns ``(A, P)`` cut to the rank chosen."""
+        before it builds the larger basis); returns ``(A, P, None)`` cut to the rank chosen,
+        or ``(None, None, delta)`` when a Ctrl-C stopped a rescan before it scored a rank
+        (``delta`` is the best of the scans before it)."""
         A, P = held
         held.clear()
         max_rank = min(Js.shape)
         cands = self.rank_candidates or _rank_grid(k)
         scan: list = []
         svd_ranks = [k]
+        kept = None  # the delta of the scans before a rescan, kept for a Ctrl-C during it
         while True:
-            with timed(times, "reduced", J.device):
-                best, more, interrupted = self._scan_ranks(A, problem.b, P, problem, k, cands)
+            try:
+                with timed(times, "reduced", J.device):
+                    best, more, interrupted, c = self._scan_ranks(A, problem.b, P, problem, k,
+                                                                  cands)  # fmt: skip
+            except KeyboardInterrupt:  # before the rescan's first rank was scored
+                if kept is None:
+                    raise
+                return self._rescan_interrupted(kept, k, scan, svd_ranks, info)
             scan += [dict(r, svd_rank=k) for r in more]
             edge = not interrupted and len(scan) > 1 and best == k < max_rank
             if not edge:
@@ -503,19 +517,23 @@ class Subspace(Method):
             why = self._no_rescan(k, max_rank, len(svd_ranks) - 1, J.shape[0], J.dtype, problem)
             if why:
                 break
+            kept = (best, P[:, :best] @ c)  # an m-vector
             k2 = min(2 * k, max_rank)
             k, cands = k2, sorted({r for r in (k, (3 * k) // 2, k2) if r <= k2})
-            svd_ranks.append(k)
             larger = problem.plan.estimate(replace(self, rank_candidates=(k,)))
+            del A, P  # before the larger basis is built
+            try:
+                P, S = self._range(Js, k, problem, times, f"randomized SVD, rank {k} (rescan)")
+                with timed(times, "reduced", J.device):
+                    A = matmat_in_blocks(J, P, problem.products.batch_size)
+            except KeyboardInterrupt:
+                return self._rescan_interrupted(kept, k, scan, svd_ranks, info)
+            svd_ranks.append(k)
+            info["singular_values"] = S.detach().cpu()
             info["memory_estimate"] = larger.parts  # what the plan would say of this rank
             info.setdefault("plan_notes", []).append(
                 f"Subspace(rank='auto') rescanned at rank {k}: estimated peak {larger.describe()}"
             )
-            del A, P  # before the larger basis is built
-            P, S = self._range(Js, k, problem, times, f"randomized SVD, rank {k} (rescan)")
-            info["singular_values"] = S.detach().cpu()
-            with timed(times, "reduced", J.device):
-                A = matmat_in_blocks(J, P, problem.products.batch_size)
         info.update(rank_scan=scan, rank=best, interrupted=interrupted, svd_ranks=svd_ranks)
         if edge:
             warnings.warn(
@@ -526,7 +544,20 @@ class Subspace(Method):
                 UserWarning,
                 stacklevel=5,
             )
-        return A[:, :best], P[:, :best]
+        return A[:, :best], P[:, :best], None
+
+    @staticmethod
+    def _rescan_interrupted(kept, k: int, scan: list, svd_ranks: list, info: dict):
+        """A Ctrl-C during a rescan: the best of the scans before it, ``(None, None, delta)``."""
+        best, delta = kept
+        warnings.warn(
+            f"Subspace(rank='auto'): the rescan at rank {k} was interrupted; returning the "
+            f"best rank of the scans before it, {best} (info['interrupted'] is True)",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+        info.update(rank_scan=scan, rank=best, interrupted=True, svd_ranks=svd_ranks)
+        return None, None, delta
 
     def _no_rescan(self, k, max_rank, rescans, n, dtype, problem: Problem) -> str:
         """Why ``rank="auto"`` does not rescan at ``2 k`` ('' when it does)."""
@@ -602,7 +633,7 @@ class Subspace(Method):
 
     def _scan_ranks(self, A, b, P, problem: Problem, k_max: int, cands):
         """Nested truncations of one randomized SVD, scored on validation data:
-        ``(best rank, [{"rank", "val_rel_l2"}], interrupted)``."""
+        ``(best rank, [{"rank", "val_rel_l2"}], interrupted, the best rank's coefficients)``."""
         v_in, v_tgt = problem.validation
         Jv = problem.jacobian_at(v_in)
         problem.stage("validation products", total=P.shape[1], done=product_counter(Jv))
@@ -616,6 +647,7 @@ class Subspace(Method):
                 f"Subspace.rank_candidates: expected ranks in [1, {k_max}], got {list(asked)}"
             )
         scan = []
+        coefs = {}
         interrupted = False
         problem.stage("rank scan", total=len(cands), done=lambda: len(scan), unit="ranks")
         try:
@@ -625,6 +657,7 @@ class Subspace(Method):
                 pred = q0 + JvP[:, :kc] @ c
                 err = float((pred - tgt).norm() / tgt.norm().clamp_min(1e-300))
                 scan.append({"rank": kc, "val_rel_l2": err})
+                coefs[kc] = c
         except KeyboardInterrupt:
             if not scan:
                 raise
@@ -636,7 +669,7 @@ class Subspace(Method):
                 stacklevel=6,
             )
         best = min(scan, key=lambda r: r["val_rel_l2"])["rank"]
-        return best, scan, interrupted
+        return best, scan, interrupted, coefs[best]
 
 
 def _capped(cands, k: int) -> tuple:
