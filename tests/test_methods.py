@@ -402,9 +402,10 @@ def test_ctrl_c_in_a_rescan_keeps_the_best_of_the_scans_before_it(monkeypatch):
         return orig(*args, **kwargs)
 
     monkeypatch.setattr(_subspace, "randomized_svd", svd)
-    with pytest.warns(RuntimeWarning, match="rescan at rank 8 was interrupted.*before it, 4"):
+    with pytest.warns(RuntimeWarning, match="rank 8 was interrupted.*before it, 4") as rec:
         r = ls.refine(model, data=data, method=auto, validation=val,
                       generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert [w.filename for w in rec if "interrupted" in str(w.message)] == [__file__]
     assert r.info["interrupted"] is True and r.info["rank"] == 4 and r.info["svd_ranks"] == [4]
     assert [s["rank"] for s in r.info["rank_scan"]] == [1, 2, 4]
     monkeypatch.setattr(_subspace, "randomized_svd", orig)

@@ -554,7 +554,7 @@ class Subspace(Method):
             f"Subspace(rank='auto'): the rescan at rank {k} was interrupted; returning the "
             f"best rank of the scans before it, {best} (info['interrupted'] is True)",
             RuntimeWarning,
-            stacklevel=5,
+            stacklevel=6,  # the caller of refine (this runs below _auto_rank)
         )
         info.update(rank_scan=scan, rank=best, interrupted=True, svd_ranks=svd_ranks)
         return None, None, delta
