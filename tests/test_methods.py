@@ -371,6 +371,8 @@ def test_rank_auto_rescans_at_twice_the_rank_up_to_the_least_squares_solution():
     at_16 = ls.Subspace(rank="auto", rank_candidates=(16,))
     plan = ls.plan(model, data=(x, y), method=ls.Subspace(rank="auto"))
     assert r.info["memory_estimate"] == plan.estimate(at_16).parts != plan.parts
+    # ls.plan says beforehand which rescans the budget allows
+    assert any("it rescans at rank 8, then 16 (they fit)" in n for n in plan.notes)
     assert [n.split(":")[0] for n in r.info["plan_notes"][-2:]] == [
         f"Subspace(rank='auto') rescanned at rank {k}" for k in (8, 16)
     ]
@@ -430,6 +432,9 @@ def test_rank_auto_does_not_rescan_beyond_the_memory_budget():
     budget = (e4 + e8) / 2 / HEADROOM
     tight = ls.plan(model, data=data, method=auto, memory_budget=budget)
     assert not tight.adapted and tight.within_budget(auto) and not tight.within_budget(at_8)
+    assert any("no rescan runs: rank 8 would not fit the budget" in n for n in tight.notes)
+    given = ls.plan(model, data=data, method=ls.Subspace(rank="auto", rank_candidates=(2, 4)))
+    assert not any("rescan" in n for n in given.notes)  # given candidates: never rescanned
     with pytest.warns(UserWarning, match=r"scanned, 4.*rank 8 does not fit the memory budget"):
         r = ls.refine(model, data=data, method=auto, validation=val, memory_budget=budget,
                       generator=torch.Generator().manual_seed(0))  # fmt: skip

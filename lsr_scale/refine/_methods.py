@@ -187,5 +187,11 @@ class Method:
     def check_problem(self, *, has_data: bool) -> None:
         """Refuse settings that cannot apply to this kind of problem, before any work."""
 
+    def plan_notes(self, z, fits) -> list[str]:
+        """Lines for the plan's notes about what this method may decide while it runs, for
+        the sizes ``z`` (:class:`~._memory.Sizes`); ``fits(method) -> bool`` says whether a
+        setting fits the budget. None by default."""
+        return []
+
     def solve(self, problem: Problem):  # pragma: no cover - abstract
         raise NotImplementedError

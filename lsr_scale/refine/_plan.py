@@ -233,6 +233,8 @@ def plan_problem(
     notes.append(
         f"estimated peak {cur.describe()} within {HEADROOM:.0%} of a budget of {_gb(given)}"
     )
+    z = sizes_of(batch=batch, chunk=chunk, cache=cache, **base)
+    notes += method.plan_notes(z, lambda meth: est(meth).total <= budget)
     new_products = dataclasses.replace(
         products, batch_size=batch if products.batch_size else None, chunk_size=chunk,
         cache=cache,

@@ -369,6 +369,33 @@ class Subspace(Method):
         }  # fmt: skip
         return replace(self, rank=best), [change]
 
+    def plan_notes(self, z, fits) -> list[str]:
+        """``rank="auto"`` with its default candidates: the rescans the budget would allow."""
+        if self.rank != "auto" or self.rank_candidates is not None:
+            return []
+        if self.range_finder == "streamed" or self.reduced == "streamed":
+            return []
+        k = min(self.resolved_rank((z.n, z.m)), z.n, z.m)
+        ranks, blocked = [], ""
+        for _ in range(AUTO_RESCANS):
+            if k >= min(z.n, z.m):
+                break
+            k = min(2 * k, z.n, z.m)
+            if z.n * k * z.s > self.max_dense_bytes:
+                blocked = f"rank {k}'s reduced matrix would exceed max_dense_bytes"
+            elif not fits(replace(self, rank_candidates=(k,))):
+                blocked = f"rank {k} would not fit the budget"
+            if blocked:
+                break
+            ranks.append(k)
+        if not ranks and not blocked:
+            return []
+        msg = "Subspace(rank='auto'): if its best validation rank is the largest scanned, "
+        if ranks:
+            msg += "it rescans at rank " + ", then ".join(map(str, ranks)) + " (they fit)"
+            return [msg + (f"; not beyond: {blocked}" if blocked else "")]
+        return [msg + f"no rescan runs: {blocked}"]
+
     def check_problem(self, *, has_data: bool) -> None:
         if self.subspace == "output" and self.subspace_inputs is None and not has_data:
             raise ValueError(
