@@ -233,8 +233,8 @@ def plan_problem(
     notes.append(
         f"estimated peak {cur.describe()} within {HEADROOM:.0%} of a budget of {_gb(given)}"
     )
-    z = sizes_of(batch=batch, chunk=chunk, cache=cache, **base)
-    notes += method.plan_notes(z, lambda meth: est(meth).total <= budget)
+    at_plan = dict(base, batch=batch, chunk=chunk, cache=cache)  # the settings planned
+    notes += method.plan_notes(sizes_of(**at_plan), lambda meth: est(meth).total <= budget)
     new_products = dataclasses.replace(
         products, batch_size=batch if products.batch_size else None, chunk_size=chunk,
         cache=cache,
@@ -248,7 +248,7 @@ def plan_problem(
         adapted=tuple(adapted),
         notes=tuple(notes),
         sizes={**cur.sizes, "device": str(device)},
-        _estimate_args=dict(base, batch=batch, chunk=chunk, cache=cache),
+        _estimate_args=at_plan,
     )
 
 

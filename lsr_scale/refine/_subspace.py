@@ -381,10 +381,7 @@ class Subspace(Method):
             if k >= min(z.n, z.m):
                 break
             k = min(2 * k, z.n, z.m)
-            if z.n * k * z.s > self.max_dense_bytes:
-                blocked = f"rank {k}'s reduced matrix would exceed max_dense_bytes"
-            elif not fits(replace(self, rank_candidates=(k,))):
-                blocked = f"rank {k} would not fit the budget"
+            blocked = self._rescan_blocked(k, z.n * z.s, fits)
             if blocked:
                 break
             ranks.append(k)
@@ -470,7 +467,7 @@ class Subspace(Method):
                 del A, P
                 A, P, kept = self._auto_rank(held, Js, J, k, problem, info, times)
                 if kept is not None:  # a rescan interrupted: the scans before it decided
-                    info["solver"] = {"kind": "nested_qr_lstsq", "rcond": self.rcond}
+                    info["solver"] = {"kind": "rank_scan", "rcond": self.rcond}
                     info["times"] = times
                     return _embed(kept, idx, problem.J.shape[1]), info
             with timed(times, "reduced", device):
@@ -586,6 +583,21 @@ class Subspace(Method):
         info.update(rank_scan=scan, rank=best, interrupted=True, svd_ranks=svd_ranks)
         return None, None, delta
 
+    def _rescan_blocked(self, k: int, row_bytes: int, fits) -> str:
+        """What keeps a rescan at rank ``k`` from running ('' when nothing does): its dense
+        reduced matrix (``row_bytes`` per column) or the budget (``fits(method) -> bool``;
+        ``None``: no memory plan, DataLoader data). The plan's notes and the run ask the same."""
+        if row_bytes * k > self.max_dense_bytes:
+            return f"rank {k}'s reduced matrix exceeds max_dense_bytes={self.max_dense_bytes}"
+        if fits is None:
+            return (
+                f"DataLoader data has no memory plan to check rank {k} against; pass "
+                "rank_candidates= with larger ranks to scan them"
+            )
+        if not fits(replace(self, rank_candidates=(k,))):
+            return f"rank {k} does not fit the memory budget; pass memory_budget= to allow it"
+        return ""
+
     def _no_rescan(self, k, max_rank, rescans, n, dtype, problem: Problem) -> str:
         """Why ``rank="auto"`` does not rescan at ``2 k`` ('' when it does)."""
         k2 = min(2 * k, max_rank)
@@ -596,16 +608,8 @@ class Subspace(Method):
                 f"the scan stops after {AUTO_RESCANS} rescans at twice the rank; pass "
                 "rank_candidates= with larger ranks to scan them"
             )
-        if n * k2 * torch.finfo(dtype).bits // 8 > self.max_dense_bytes:
-            return f"rank {k2}'s reduced matrix exceeds max_dense_bytes={self.max_dense_bytes}"
-        if problem.plan is None:
-            return (
-                f"DataLoader data has no memory plan to check rank {k2} against; pass "
-                "rank_candidates= with larger ranks to scan them"
-            )
-        if not problem.plan.within_budget(replace(self, rank_candidates=(k2,))):
-            return f"rank {k2} does not fit the memory budget; pass memory_budget= to allow it"
-        return ""
+        fits = problem.plan.within_budget if problem.plan is not None else None
+        return self._rescan_blocked(k2, n * torch.finfo(dtype).bits // 8, fits)
 
     def _solve_streamed(self, problem: Problem, J, k: int, info: dict, times: dict):
         """The memory-bounded route (:mod:`lsr_scale.refine._streaming`)."""
