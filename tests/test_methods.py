@@ -445,3 +445,40 @@ def test_rank_auto_does_not_rescan_beyond_the_memory_budget():
         r = ls.refine(model, data=loader, method=auto, validation=val,
                       generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert r.info["svd_ranks"] == [4]
+
+
+def test_rank_auto_rescans_on_a_transformer_encoder_layer():
+    """The rescans on an attention model (torch's TransformerEncoderLayer, 2,321 parameters)
+    fitting a perturbed copy of itself: the plan names them, the scan runs 75 -> 150 -> 300
+    and keeps the rank with the lowest validation error, which cuts that error 10x."""
+    import copy
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Linear(4, 16)
+            self.enc = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+            self.head = torch.nn.Linear(16, 1)
+
+        def forward(self, x):
+            return self.head(self.enc(self.emb(x)).mean(1))
+
+    torch.manual_seed(0)
+    net = Encoder().eval()
+    teacher = copy.deepcopy(net)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+        x, xv = torch.randn(300, 6, 4, generator=g), torch.randn(100, 6, 4, generator=g)
+        y, yv = teacher(x), teacher(xv)
+    auto = ls.Subspace(rank="auto")
+    plan = ls.plan(net, data=(x, y), method=auto)
+    assert any("it rescans at rank 150, then 300 (they fit)" in n for n in plan.notes)
+    r = ls.refine(net, data=(x, y), method=auto, validation=(xv, yv),
+                  generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert r.info["svd_ranks"] == [75, 150, 300]
+    assert r.info["rank"] == min(r.info["rank_scan"], key=lambda s: s["val_rel_l2"])["rank"]
+    with torch.no_grad():
+        before, after = ((f(xv) - yv).norm() / yv.norm() for f in (net, r))
+    assert after < 0.1 * before
