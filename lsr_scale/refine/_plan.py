@@ -234,12 +234,11 @@ def plan_problem(
         f"estimated peak {cur.describe()} within {HEADROOM:.0%} of a budget of {_gb(given)}"
     )
     at_plan = dict(base, batch=batch, chunk=chunk, cache=cache)  # the settings planned
-    notes += method.plan_notes(sizes_of(**at_plan), lambda meth: est(meth).total <= budget)
     new_products = dataclasses.replace(
         products, batch_size=batch if products.batch_size else None, chunk_size=chunk,
         cache=cache,
     )  # fmt: skip
-    return Plan(
+    plan = Plan(
         method=method,
         products=new_products,
         peak_bytes=cur.total,
@@ -250,6 +249,9 @@ def plan_problem(
         sizes={**cur.sizes, "device": str(device)},
         _estimate_args=at_plan,
     )
+    # what the method may decide while it runs, judged by the test the run itself asks
+    later = method.plan_notes(sizes_of(**at_plan), plan.within_budget)
+    return dataclasses.replace(plan, notes=(*plan.notes, *later)) if later else plan
 
 
 def measure(model, inputs=None, *, residual_fn=None, theta=None) -> tuple[int, float]:
