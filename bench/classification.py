@@ -88,11 +88,15 @@ LOSSES = ("mse", "softmax_mse", "cross_entropy")
 METHODS = ("subspace", "krylov")
 # the refinements the extra long-trained networks get (seeds/ rows): every loss, both methods
 SEED_COLS = tuple(f"{lo}/{me}" for lo in LOSSES for me in METHODS)
-# ... and the squared losses' subspace route with its rank chosen on validation over WIDE_RANKS
-SEED_WIDE = tuple(f"{lo}/subspace_auto_wide" for lo in LOSSES[:2])
-#: ... and by Subspace(rank="auto") at its defaults (its rescans above the default grid)
-SEED_AUTO = tuple(f"{lo}/subspace_auto" for lo in LOSSES[:2])
-SEED_VAL = ("subspace_auto", "subspace_auto_wide")  # the validation columns, per loss
+# the subspace route with its rank chosen on the validation images: by Subspace(rank="auto")
+# at its defaults (its rescans above the default grid), and among WIDE_RANKS
+VALIDATED = {
+    "subspace_auto": ls.Subspace(rank="auto"),
+    "subspace_auto_wide": ls.Subspace(rank="auto", rank_candidates=WIDE_RANKS),
+}
+SEED_VAL = tuple(VALIDATED)  # the validation columns, per squared loss
+# ... which the extra networks get for the squared losses
+SEED_AUTO, SEED_WIDE = (tuple(f"{lo}/{v}" for lo in LOSSES[:2]) for v in SEED_VAL)
 PEERS = {
     "adam": "continued Adam (lr 3e-3, full batch, as trained)",
     "lbfgs": "L-BFGS (torch.optim.LBFGS, strong Wolfe, full batch)",
@@ -251,6 +255,9 @@ def _refine_point(
 
 
 def _flips(net, d, pred_test) -> list[dict]:
+    """The test images whose correctness ``pred_test`` (logits or probabilities) changed from
+    ``net``'s: each with its top two probabilities under ``net``, their margin, and that
+    margin's rank among the test images (0: the least confident)."""
     p0 = outputs(net, d["xt"]).softmax(-1)
     top = p0.topk(2, -1).values
     rank = torch.empty(len(p0), dtype=torch.long)
@@ -258,7 +265,8 @@ def _flips(net, d, pred_test) -> list[dict]:
     ok0, ok1 = p0.argmax(-1) == d["yt"], pred_test.argmax(-1) == d["yt"]
     return [
         {"image": i, "now_correct": bool(ok1[i]), "margin_rank": int(rank[i]),
-         "margin": float(top[i, 0] - top[i, 1])}
+         "margin": float(top[i, 0] - top[i, 1]),
+         "top2": [round(v, 4) for v in top[i].tolist()]}
         for i in torch.nonzero(ok0 != ok1).flatten().tolist()
     ]  # fmt: skip
 
@@ -408,27 +416,23 @@ def run_point(key: str, cfg: dict) -> dict:
     if section == "trained":
         if parts[3] == "trained":
             return dict(_net_row(net, d), adam_steps=cfg["levels"][level])
-        if parts[4] == "subspace_auto":  # the rank chosen on the validation images
-            return _refine_point(net, d, parts[3], ls.Subspace(rank="auto"), validation=True,
-                                 flips=True)  # fmt: skip
-        if parts[4] == "subspace_auto_wide":  # ... among ranks above the default's
-            method = ls.Subspace(rank="auto", rank_candidates=WIDE_RANKS)
-            return _refine_point(net, d, parts[3], method, validation=True, flips=True)
-        return _refine_point(net, d, parts[3], parts[4], flips=True)
+        return _trained_refine(net, d, parts[3], parts[4])
     if section == "peers":
         return _peer_point(parts[3], net, d, float(parts[4]))
     if section == "seeds":  # seeds/digits/long/<seed>/trained or .../<seed>/<loss>/<method>
         net = trained_cnn(d, name, cfg["levels"][level], seed=int(parts[3]))
         if parts[4] == "trained":
             return _net_row(net, d)
-        if parts[5] == "subspace_auto_wide":
-            method = ls.Subspace(rank="auto", rank_candidates=WIDE_RANKS)
-            return _refine_point(net, d, parts[4], method, validation=True, flips=True)
-        if parts[5] == "subspace_auto":
-            return _refine_point(net, d, parts[4], ls.Subspace(rank="auto"), validation=True,
-                                 flips=True)  # fmt: skip
-        return _refine_point(net, d, parts[4], parts[5], flips=True)
+        return _trained_refine(net, d, parts[4], parts[5])
     raise ValueError(f"point: unknown section in {key!r}")
+
+
+def _trained_refine(net, d, loss: str, me: str) -> dict:
+    """A trained network's refine: ``me`` a default method's name, or a key of
+    :data:`VALIDATED` (the rank chosen on the validation images)."""
+    if me in VALIDATED:
+        return _refine_point(net, d, loss, VALIDATED[me], validation=True, flips=True)
+    return _refine_point(net, d, loss, me, flips=True)
 
 
 # ---------------------------------------------------------------------- driver
@@ -458,7 +462,7 @@ def points(cfg: dict) -> list[str]:
             out += [f"peers/digits/{level}/{p}" for p in PEERS]
         if "long" in cfg["levels"]:  # would validation data have chosen a better rank?
             out += [f"trained/digits/long/{lo}/{me}" for lo in LOSSES[:2]
-                    for me in ("subspace_auto", "subspace_auto_wide")]  # fmt: skip
+                    for me in SEED_VAL]  # fmt: skip
         for seed in cfg["seeds"]:  # more networks of the long run, every default refinement
             out.append(f"seeds/digits/long/{seed}/trained")
             out += [f"seeds/digits/long/{seed}/{c}" for c in SEED_COLS + SEED_WIDE + SEED_AUTO]
@@ -832,7 +836,7 @@ def _write(rec: Record, args, cfg: dict) -> str:
             body.append(f"| trained network | {_pct(base.get('test_acc'))} | | | "
                         f"{_f(base.get('train_ce'))} | | | |")  # fmt: skip
         for lo in LOSSES:
-            for me in (*METHODS, "subspace_auto", "subspace_auto_wide"):
+            for me in (*METHODS, *SEED_VAL):
                 r = rows.get(f"trained/digits/{level}/{lo}/{me}")
                 if r is None:
                     continue
