@@ -75,13 +75,13 @@ def _flips_text(flips: list, most: int = 6) -> str:
     first ``most``; then how many more were lost and won)."""
 
     def one(f):
-        top = "/".join(f"{p:.3f}" for p in f["top2_before"])
-        return f"{'won' if f['now_right'] else 'lost'} #{f['image']} ({top})"
+        top = "/".join(f"{p:.3f}" for p in f["top2"])
+        return f"{'won' if f['now_correct'] else 'lost'} #{f['image']} ({top})"
 
     text = "; ".join(one(f) for f in flips[:most]) or "none"
     rest = flips[most:]
     if rest:
-        won = sum(f["now_right"] for f in rest)
+        won = sum(f["now_correct"] for f in rest)
         text += f"; and {len(rest) - won} more lost, {won} more won"
     return text
 
@@ -132,8 +132,7 @@ def main(argv=None):
     one_hot = F.one_hot(y, 10).float()
     test_one_hot = F.one_hot(yt, 10).double()
     logits_test = cls.outputs(net, d["xt"])
-    right_before = logits_test.argmax(-1) == yt
-    base_test = int(right_before.sum())
+    base_test = int((logits_test.argmax(-1) == yt).sum())
     p_test = torch.softmax(logits_test.double(), -1)
 
     def add(solve, pred_train, pred_test, loss_after, delta_norm, **extra):
@@ -144,13 +143,8 @@ def main(argv=None):
             delta_norm=delta_norm, **extra,
         )  # fmt: skip
         if softmax:  # pred_test: probabilities, linearized
-            right = pred_test.argmax(-1) == yt
             row["median_dp"] = float((pred_test.double() - p_test).abs().amax(1).median())
-            row["flips"] = [
-                dict(image=i, now_right=bool(right[i]),
-                     top2_before=[round(v, 4) for v in p_test[i].topk(2).values.tolist()])
-                for i in torch.nonzero(right != right_before).flatten().tolist()
-            ]  # fmt: skip
+            row["flips"] = cls._flips(net, d, pred_test)
         print(f"{solve}: {row['test_change']:+d} test images, loss {loss_after:.4g}", flush=True)
         rec.add(row, key=("solve",))
 

@@ -925,7 +925,7 @@ def test_classification_softmax_study_prose_quotes_its_json():
     assert max(r["median_dp"] for r in rows.values()) < 1e-6
 
     def lost(name):
-        return [(f["image"], f["top2_before"]) for f in rows[name]["flips"] if not f["now_right"]]
+        return [(f["image"], f["top2"]) for f in rows[name]["flips"] if not f["now_correct"]]
 
     text = "lost image\n#268 (its top two probabilities 0.506 and 0.491)"
     assert text in page
